@@ -1,0 +1,271 @@
+"""Dashboard page load times in a real browser, and the README screenshots.
+
+Timing (default): for each page, a fresh dashboard process (empty data caches) is started with the launcher
+and headless Chromium (Debian's /usr/bin/chromium, no browser download) opens the page in a new tab, i.e. a
+new Streamlit session; "cold" is the time from navigation until the page's last element (its footer) is drawn.
+"warm" is the same page opened again in new tabs of the same process (figures cached), median of ``--runs``.
+The browser keeps Streamlit's scripts cached (as a returning reader's does); a one-line Streamlit app measured
+the same way gives the floor. Goal: cold <= 2 s.
+
+    python bench/dashboard.py --database-url postgresql://postgres@127.0.0.1:5432/bench10m --as-of auto
+    python bench/dashboard.py                      # on a fresh 7-day demo database
+    python bench/dashboard.py --screenshots docs/  # README screenshots (English and Japanese)
+
+``--as-of`` freezes the dashboard's "now" (``auto``: the end of the newest rolled-up hour), so a database
+built earlier shows its data in the default range (last 7 days).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from monitor.config import Settings
+from monitor.dashboard_cmd import free_port, launch, wait_until_ready
+from monitor.store import describe_url
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+PAGES = ("overview", "latency", "throttling", "costs", "quota", "probes")
+FOOTER = ".st-key-page-footer"
+# The main content of each page: Streamlit loads an element kind's code on first use, so it can appear just
+# after the footer; a page counts as drawn when both are there.
+CONTENT = {
+    "overview": '[data-testid="stMetricValue"]',
+    "latency": '[data-testid="stVegaLiteChart"]',
+    "throttling": '[data-testid="stDataFrame"]',
+    "costs": '[data-testid="stDataFrame"]',
+    "quota": '[data-testid="stVegaLiteChart"]',
+    "probes": '[data-testid="stDataFrame"]',
+}
+SERVER_TIME = re.compile(r"([0-9.]+) (?:s|秒)\s*$")
+
+
+def page_url(base: str, page: str) -> str:
+    """The URL of a page (the overview is the default page, served at the root)."""
+    return base if page == "overview" else f"{base}/{page}"
+
+
+def demo_database(folder: Path, days: float) -> str:
+    """A fresh SQLite demo database with ``days`` of backfilled history, rolled up."""
+    from monitor.demo import backfill, demo_settings
+    from monitor.rollup import refresh_rollups
+    from monitor.store import make_engine, upgrade
+
+    url = f"sqlite:///{folder / 'demo.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    now = datetime.now(UTC)
+    print(f"building a {days:g}-day demo database ...", flush=True)
+    backfill(engine, demo_settings("http://127.0.0.1:9", url), days, now=now)
+    refresh_rollups(engine, now=now)
+    engine.dispose()
+    return url
+
+
+def newest_hour(url: str) -> datetime:
+    """The end of the newest rolled-up probe hour (for ``--as-of auto``)."""
+    from monitor.analytics import Filters, throttle_rates
+    from monitor.store import make_engine
+
+    engine = make_engine(url)
+    try:
+        rates = throttle_rates(
+            engine, Filters(datetime(2000, 1, 1, tzinfo=UTC), datetime.now(UTC) + timedelta(days=366)), by=()
+        )
+    finally:
+        engine.dispose()
+    if rates.empty:
+        return datetime.now(UTC)
+    last: datetime = rates["period"].max().to_pydatetime()
+    return last.astimezone(UTC) + timedelta(minutes=59)
+
+
+def settings_for(url: str, lang: str) -> Settings:
+    """The demo's settings (its plans give the quota page something to show) on ``url``."""
+    from monitor.demo import demo_settings
+
+    return demo_settings("http://127.0.0.1:9", url).model_copy(update={"language": lang})
+
+
+@contextmanager
+def dashboard(settings: Settings, as_of: datetime | None, log: Path, port: int | None = None) -> Iterator[str]:
+    """A running dashboard (on ``port``, default a free one); yields its base URL and stops it afterwards."""
+    port = port or free_port()
+    with log.open("ab") as out:
+        process = launch(settings, port=port, as_of=as_of, stdout=out, stderr=out)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_until_ready(process, base)
+            yield base
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+
+
+@contextmanager
+def baseline_app(folder: Path, port: int, log: Path) -> Iterator[str]:
+    """A one-line Streamlit app with the same footer: the floor of any page load on this machine."""
+    app = folder / "baseline.py"
+    app.write_text(
+        'import streamlit as st\nst.title("baseline")\nwith st.container(key="page-footer"):\n    st.caption("end")\n'
+    )
+    command = [sys.executable, "-m", "streamlit", "run", str(app), "--server.address", "127.0.0.1"]
+    command += ["--server.port", str(port), "--server.headless", "true", "--browser.gatherUsageStats", "false"]
+    with log.open("ab") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=out)
+        try:
+            base = f"http://127.0.0.1:{port}"
+            wait_until_ready(process, base)
+            yield base
+        finally:
+            process.terminate()
+            process.wait(timeout=20)
+
+
+@contextmanager
+def browser() -> Iterator[object]:
+    """Headless Chromium from the Debian package."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+def load(context, url: str, content: str | None = None, *, timeout_s: float = 120) -> tuple[float, float]:
+    """(seconds from navigation in a new tab, i.e. a new Streamlit session, until the page footer and its
+    ``content`` are drawn; seconds the server spent on the run, as the footer reports it)."""
+    page = context.new_page()
+    try:
+        started = time.perf_counter()
+        page.goto(url)
+        footer = page.wait_for_selector(FOOTER, timeout=timeout_s * 1000)
+        if content:
+            page.wait_for_selector(content, timeout=timeout_s * 1000)
+        took = time.perf_counter() - started
+        found = SERVER_TIME.search(footer.inner_text() if footer else "")
+        return took, float(found.group(1)) if found else float("nan")
+    finally:
+        page.close()
+
+
+def median_load(context, url: str, runs: int, content: str | None = None) -> tuple[float, float]:
+    """Median browser and server times of ``runs`` loads."""
+    loads = [load(context, url, content) for _ in range(runs)]
+    return statistics.median(b for b, _ in loads), statistics.median(s for _, s in loads)
+
+
+def bench(settings: Settings, as_of: datetime | None, runs: int, folder: Path, log: Path) -> None:
+    """Cold and warm load times of every page, as a table, with the baseline of a one-line app."""
+    port = free_port()  # one origin for every server, so the browser keeps Streamlit's scripts cached
+    rows = []
+    with browser() as chromium:
+        context = chromium.new_context(viewport={"width": 1400, "height": 1000})
+        with baseline_app(folder, port, log) as base:
+            load(context, base)  # fills the browser's cache with Streamlit's own scripts
+            floor, _ = median_load(context, base, max(runs, 3))
+        print(f"  baseline (one-line Streamlit app): {floor:.2f} s", flush=True)
+        for name in PAGES:
+            with dashboard(settings, as_of, log, port) as base:
+                cold, cold_server = load(context, page_url(base, name), CONTENT[name])
+                warm, warm_server = median_load(context, page_url(base, name), runs, CONTENT[name])
+            rows.append((name, cold, cold_server, warm, warm_server))
+            print(f"  {name}: cold {cold:.2f} s (server {cold_server:.2f}), warm {warm:.2f} s", flush=True)
+        context.close()
+    print()
+    print(f"{'page':<12} {'cold s':>8} {'server':>8} {'warm s':>8} {'server':>8}")
+    print(f"{'(baseline)':<12} {floor:>8.2f} {'':>8} {floor:>8.2f}")
+    for name, cold, cold_server, warm, warm_server in rows:
+        print(f"{name:<12} {cold:>8.2f} {cold_server:>8.2f} {warm:>8.2f} {warm_server:>8.2f}")
+    worst = max(row[1] for row in rows)
+    print(f"\nslowest cold load: {worst:.2f} s (goal <= 2 s): {'met' if worst <= 2 else 'NOT met'}")
+    print("(server: seconds the dashboard spent on the run, as its footer reports; the rest is the browser)")
+
+
+def screenshots(settings: Settings, as_of: datetime | None, folder: Path, langs: list[str], log: Path) -> None:
+    """A full-height PNG of every page per language: ``dashboard-<page>[-ja].png``."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with browser() as chromium:
+        for lang in langs:
+            with dashboard(settings.model_copy(update={"language": lang}), as_of, log) as base:
+                context = chromium.new_context(viewport={"width": 1400, "height": 900}, device_scale_factor=1)
+                page = context.new_page()
+                for name in PAGES:
+                    page.set_viewport_size({"width": 1400, "height": 900})
+                    page.goto(page_url(base, name))
+                    page.wait_for_selector(FOOTER, timeout=120_000)
+                    page.wait_for_selector(CONTENT[name], timeout=120_000)
+                    page.wait_for_timeout(1500)  # charts draw after the script ends
+                    # The main area scrolls inside the page: grow the window to its full height instead.
+                    height = page.evaluate(
+                        'Math.max(...[...document.querySelectorAll(\'[data-testid="stMain"], '
+                        '[data-testid="stMainBlockContainer"]\')].map(e => e.scrollHeight), 900)'
+                    )
+                    page.set_viewport_size({"width": 1400, "height": int(height) + 40})
+                    page.wait_for_timeout(800)
+                    suffix = "" if lang == "en" else f"-{lang}"
+                    path = folder / f"dashboard-{name}{suffix}.png"
+                    page.screenshot(path=str(path))
+                    print(f"  {path}", flush=True)
+                context.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--database-url", help="database to read (default: build a 7-day demo database)")
+    parser.add_argument("--as-of", help="ISO time the dashboard treats as now, or 'auto' (newest rolled-up hour)")
+    parser.add_argument("--runs", type=int, default=3, help="warm loads per page (median shown)")
+    parser.add_argument("--days", type=float, default=7, help="history of the demo database (default 7)")
+    parser.add_argument("--lang", default="en", help="dashboard language for timing (ja or en)")
+    parser.add_argument("--screenshots", metavar="DIR", help="save README screenshots here instead of timing")
+    parser.add_argument("--screenshot-langs", default="en,ja", help="languages of the screenshots (default en,ja)")
+    args = parser.parse_args(argv)
+    if not Path(CHROMIUM).exists():
+        print(f"{CHROMIUM} not found: apt-get install chromium", file=sys.stderr)
+        return 2
+    with tempfile.TemporaryDirectory() as tmp:
+        url = args.database_url or demo_database(Path(tmp), args.days)
+        as_of = None
+        if args.as_of == "auto":
+            as_of = newest_hour(url)
+        elif args.as_of:
+            as_of = datetime.fromisoformat(args.as_of)
+            as_of = as_of if as_of.tzinfo else as_of.replace(tzinfo=UTC)
+        log = Path(tmp) / "streamlit.log"
+        settings = settings_for(url, args.lang)
+        print(f"database: {describe_url(url)}; as of: {as_of or 'now'}", flush=True)
+        if args.screenshots:
+            screenshots(settings, as_of, Path(args.screenshots), args.screenshot_langs.split(","), log)
+        else:
+            print(
+                "headless Chromium, browser cache warm: navigation -> page footer drawn; "
+                "cold = first view after a fresh server start (empty data caches)"
+            )
+            bench(settings, as_of, args.runs, Path(tmp), log)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Everything the pages read, through ``monitor.analytics`` and ``monitor.quota``, cached for ``TTL_S`` seconds.
+
+Each function takes the database URL (the engine is shared per URL) and plain, hashable arguments, so
+``st.cache_data`` keys on them; the pages pass ranges that end at the next whole hour, so the key stays the same
+for a whole hour and the TTL alone decides when figures are read again. ``status`` tells an empty, missing or
+unreachable database apart before any page asks for figures.
+
+One read does not go through ``monitor.analytics`` yet: ``latest_probes`` (the Probes page's table of recent
+probe results, a single query on ``probe_results`` with a LIMIT), until analytics offers it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Literal
+
+import pandas as pd
+import streamlit as st
+from sqlalchemy import Engine, desc, select
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from monitor import analytics
+from monitor.analytics import Filters, Granularity, Metric, PeakWindow
+from monitor.config import Settings
+from monitor.errors import StoreError
+from monitor.models import ProbeResultRow
+from monitor.pricing import PriceCatalog
+from monitor.quota import QuotaStatus, quota_statuses
+from monitor.redact import redact
+from monitor.store import describe_url, make_engine, normalise_url, table_names
+
+TTL_S = 45
+ALL_TIME = datetime(2000, 1, 1, tzinfo=UTC)
+ROLLUP_TABLES = ("rollup_probe_hourly", "rollup_usage_hourly", "rollup_outcome_hourly")
+PROBE_LIMIT = 500
+
+
+@st.cache_resource(show_spinner=False)
+def engine(url: str) -> Engine:
+    """One engine per database URL for the whole server (connections are pooled)."""
+    return make_engine(url)
+
+
+@st.cache_resource(show_spinner=False)
+def catalog(prices_json: str) -> PriceCatalog:
+    """The price catalog with the config's overrides (``prices_json``: the ``prices`` list as JSON)."""
+    return PriceCatalog(Settings.model_validate_json(f'{{"prices": {prices_json}}}').prices)
+
+
+def prices_json(settings: Settings) -> str:
+    """The config's price overrides as JSON: the cache key of ``catalog``."""
+    return "[" + ",".join(rule.model_dump_json() for rule in settings.prices) + "]"
+
+
+@dataclass(frozen=True, slots=True)
+class DbStatus:
+    """What the database holds: ``ok`` (rolled-up figures), ``empty``, ``missing`` (no file) or ``error``."""
+
+    kind: Literal["ok", "empty", "missing", "error"]
+    url: str  # password hidden
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Dimensions:
+    """Every provider, model, vantage and app that has figures, for the filter lists."""
+
+    providers: tuple[str, ...]
+    models: tuple[str, ...]
+    vantages: tuple[str, ...]
+    apps: tuple[str, ...]
+
+
+def error_text(exc: BaseException, url: str) -> str:
+    """The first line of an error, without the URL's password or any API key."""
+    text = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+    try:
+        password = make_url(normalise_url(url)).password
+    except (ArgumentError, StoreError):
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return redact(text)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def status(url: str) -> DbStatus:
+    """Whether the database at ``url`` can be read and holds any rolled-up figures; never raises."""
+    shown = describe_url(url)
+    try:
+        parsed = make_url(normalise_url(url))
+        on_disk = parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:")
+        if on_disk and not Path(str(parsed.database)).is_file():
+            return DbStatus("missing", shown)  # opening it would create an empty file
+        db = engine(url)
+        if not set(ROLLUP_TABLES) <= table_names(db):
+            return DbStatus("empty", shown, "not migrated")
+        dims = dimensions(url)
+    except (SQLAlchemyError, StoreError, OSError, ValueError) as exc:
+        return DbStatus("error", shown, error_text(exc, url))
+    if not (dims.providers or dims.apps):
+        return DbStatus("empty", shown)
+    return DbStatus("ok", shown)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def dimensions(url: str) -> Dimensions:
+    """Providers, models, vantages (probes and real traffic) and apps (real traffic) ever rolled up."""
+    everything = Filters(ALL_TIME, datetime.now(UTC) + timedelta(days=366))
+    db = engine(url)
+    probes = analytics.throttle_rates(
+        db, everything, traffic="probe", granularity=None, by=("provider", "model", "vantage")
+    )
+    real = analytics.throttle_rates(
+        db, everything, traffic="real", granularity=None, by=("provider", "model", "vantage", "app")
+    )
+
+    def values(column: str, *frames: pd.DataFrame) -> tuple[str, ...]:
+        found: set[str] = set()
+        for frame in frames:
+            if column in frame:
+                found.update(str(v) for v in frame[column].dropna())
+        return tuple(sorted(v for v in found if v))
+
+    return Dimensions(
+        providers=values("provider", probes, real),
+        models=values("model", probes, real),
+        vantages=values("vantage", probes, real),
+        apps=values("app", real),
+    )
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def health(url: str, now: datetime, filters: Filters) -> list[analytics.TargetHealth]:
+    """``analytics.health`` at ``now`` for the selected providers, models and vantages."""
+    return analytics.health(engine(url), now=now, filters=filters)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def spend_forecast(url: str, now: datetime, filters: Filters, currency: str, zone: str) -> analytics.SpendForecast:
+    """``analytics.spend_forecast`` in ``currency`` (the month of ``now`` in ``zone``)."""
+    return analytics.spend_forecast(engine(url), filters, now=now, zone=zone, currency=currency)  # type: ignore[arg-type]
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def quotas(url: str, settings_json: str, now: datetime) -> list[QuotaStatus]:
+    """``monitor.quota.quota_statuses`` for the plans of the settings (given as JSON, the cache key)."""
+    settings = Settings.model_validate_json(settings_json)
+    return quota_statuses(engine(url), settings, now=now)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def latency(url: str, filters: Filters, granularity: Granularity, zone: str) -> pd.DataFrame:
+    """``analytics.latency_percentiles`` per period and target (every metric)."""
+    return analytics.latency_percentiles(engine(url), filters, granularity=granularity, zone=zone)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def profile(url: str, filters: Filters, zone: str, metric: Metric) -> pd.DataFrame:
+    """``analytics.latency_profile``: ``metric`` by weekday and hour in ``zone``."""
+    return analytics.latency_profile(engine(url), filters, zone=zone, metric=metric)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def peak(url: str, filters: Filters, metric: Metric) -> pd.DataFrame:
+    """``analytics.peak_slowdown`` over the selected range (default window 15:00-18:00 Asia/Shanghai)."""
+    return analytics.peak_slowdown(engine(url), filters, window=PeakWindow(), metric=metric)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def compare(url: str, filters: Filters, prices: str) -> pd.DataFrame:
+    """``analytics.compare_providers`` with the config's price overrides."""
+    return analytics.compare_providers(engine(url), filters, catalog=catalog(prices))
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def throttle(
+    url: str,
+    filters: Filters,
+    traffic: analytics.Traffic,
+    granularity: Granularity | None,
+    by: tuple[str, ...],
+    zone: str,
+) -> pd.DataFrame:
+    """``analytics.throttle_rates`` for probes or real traffic."""
+    return analytics.throttle_rates(engine(url), filters, traffic=traffic, granularity=granularity, zone=zone, by=by)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def breakdown(url: str, filters: Filters, traffic: analytics.Traffic, zone: str) -> pd.DataFrame:
+    """``analytics.outcome_breakdown`` over the whole range, per provider and model."""
+    return analytics.outcome_breakdown(engine(url), filters, traffic=traffic, granularity=None, zone=zone)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def costs(
+    url: str, filters: Filters, period: analytics.CostPeriod, by: tuple[str, ...], zone: str, prices: str
+) -> pd.DataFrame:
+    """``analytics.costs`` per ``period`` and ``by`` with the config's price overrides (for cache savings)."""
+    return analytics.costs(engine(url), filters, period=period, by=by, zone=zone, catalog=catalog(prices))  # type: ignore[arg-type]
+
+
+PROBE_COLUMNS = (
+    "ts",
+    "provider",
+    "model",
+    "vantage",
+    "outcome",
+    "http_status",
+    "error_code",
+    "error_message",
+    "retry_after_s",
+    "ttft_ms",
+    "total_ms",
+    "tokens_per_s",
+)
+
+
+@st.cache_data(ttl=TTL_S, show_spinner=False)
+def latest_probes(url: str, filters: Filters, outcomes: tuple[str, ...] = (), limit: int = PROBE_LIMIT) -> pd.DataFrame:
+    """The newest ``limit`` probe results in the range (newest first), optionally of some outcomes only.
+
+    RAW TABLE READ: the only place the dashboard reads ``probe_results`` directly, one indexed query with a
+    LIMIT, because ``monitor.analytics`` has no "latest probe results" function yet; move it there when it does.
+    """
+    t = ProbeResultRow
+    stmt = select(*(getattr(t, c) for c in PROBE_COLUMNS)).where(t.ts >= filters.start, t.ts < filters.end)
+    for column, values in ((t.provider, filters.providers), (t.model, filters.models), (t.vantage, filters.vantages)):
+        if values:
+            stmt = stmt.where(column.in_(values))
+    if outcomes:
+        stmt = stmt.where(t.outcome.in_(outcomes))
+    stmt = stmt.order_by(desc(t.ts)).limit(limit)
+    with engine(url).connect() as conn:
+        rows = conn.execute(stmt).all()
+    frame = pd.DataFrame.from_records([tuple(r) for r in rows], columns=list(PROBE_COLUMNS))
+    if not frame.empty:
+        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    return frame
+
+
+def clear() -> None:
+    """Forget every cached figure (the Refresh button)."""
+    st.cache_data.clear()

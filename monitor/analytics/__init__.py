@@ -1,0 +1,80 @@
+"""Every number the dashboard, alert emails and monthly exports show, read from the rollups only.
+
+Plain functions over an engine, connection or session and a :class:`Filters` (time range and selections).
+They read ``rollup_probe_hourly``, ``rollup_usage_hourly`` and ``rollup_outcome_hourly`` (kept by
+``monitor.rollup``) plus ``fx_rates``, never the raw tables, so every consumer agrees on every number and no
+function's cost grows with the raw row count. On an empty database each returns an empty frame with its
+columns (or a result saying there is no data); none raises.
+
+- latency: :func:`latency_percentiles`, :func:`latency_profile`, :func:`peak_slowdown` (:class:`PeakWindow`)
+- throttling: :func:`throttle_rates`, :func:`outcome_breakdown` (probes and real traffic apart)
+- side by side: :func:`compare_providers`
+- spend: :func:`costs`, :func:`spend_forecast`
+- now: :func:`health`
+
+Time zones: rollups are UTC hours. Periods are shown in a zone (default ``Asia/Tokyo``); they align exactly with
+whole-hour zones. In a half-hour zone each UTC hour counts in the local hour / day in which it starts.
+"""
+
+from __future__ import annotations
+
+from monitor.analytics._base import DEFAULT_ZONE, Db, Filters, Granularity
+from monitor.analytics._hist import METRICS, Metric
+from monitor.analytics.compare import COMPARE_COLUMNS, compare_providers, model_family
+from monitor.analytics.costs import (
+    FORECAST_METHOD,
+    CostDim,
+    CostPeriod,
+    SpendForecast,
+    cost_columns,
+    costs,
+    load_rate_book,
+    spend_forecast,
+)
+from monitor.analytics.health import DOWN_BELOW_SUCCESS, THROTTLED_SHARE, HealthStatus, TargetHealth, health
+from monitor.analytics.latency import (
+    LATENCY_COLUMNS,
+    PEAK_COLUMNS,
+    PROFILE_COLUMNS,
+    PeakWindow,
+    latency_percentiles,
+    latency_profile,
+    peak_slowdown,
+)
+from monitor.analytics.traffic import REAL_SOURCES, Traffic, outcome_breakdown, throttle_rates
+
+__all__ = [
+    "COMPARE_COLUMNS",
+    "DEFAULT_ZONE",
+    "DOWN_BELOW_SUCCESS",
+    "FORECAST_METHOD",
+    "LATENCY_COLUMNS",
+    "METRICS",
+    "PEAK_COLUMNS",
+    "PROFILE_COLUMNS",
+    "REAL_SOURCES",
+    "THROTTLED_SHARE",
+    "CostDim",
+    "CostPeriod",
+    "Db",
+    "Filters",
+    "Granularity",
+    "HealthStatus",
+    "Metric",
+    "PeakWindow",
+    "SpendForecast",
+    "TargetHealth",
+    "Traffic",
+    "compare_providers",
+    "cost_columns",
+    "costs",
+    "health",
+    "latency_percentiles",
+    "latency_profile",
+    "load_rate_book",
+    "model_family",
+    "outcome_breakdown",
+    "peak_slowdown",
+    "spend_forecast",
+    "throttle_rates",
+]

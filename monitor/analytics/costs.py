@@ -1,0 +1,427 @@
+"""Spend: costs by day, month, provider, model and app in JPY, USD and CNY; cache savings; month forecast.
+
+Where the numbers come from:
+
+- Each request's cost was priced when it was recorded (``monitor.pricing``, the price in force on its UTC day)
+  in the provider's billing currency; ``rollup_usage_hourly`` keeps exact per-currency sums per UTC hour.
+- Days are local days in ``zone`` (default Asia/Tokyo, ``Settings.timezone``). Hourly UTC rollups split exactly
+  at local midnight for whole-hour zones; in a half-hour zone (e.g. Asia/Kolkata) each UTC hour counts in the
+  local day in which it starts, so up to 30 minutes of spend can land on the neighbouring day.
+- Each local day's native sums are converted with that day's rates (``fx.RateBook``: the day's rate, else the
+  latest before it, else the default), exactly as ``RateBook.convert`` does; a row spanning several days (a
+  month) adds the daily conversions and lists every rate it used.
+- Cache savings are what cache reads saved against the full input price:
+  ``cached_input_tokens x (input price - cached input price)`` with the prices in force for that provider and
+  model on each UTC day (``PriceCatalog.quote`` of one token, so a size-tiered price uses its lowest tier).
+  Tokens of unpriced requests (unknown model) count in the hit ratio but save nothing.
+
+Amounts are exact ``Decimal`` (round for display: yen to 0 places, USD and CNY to 2).
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from decimal import Decimal
+from typing import Any, Literal, cast
+from zoneinfo import ZoneInfo
+
+import pandas as pd
+from sqlalchemy import Connection, Table, func, select
+
+from monitor.analytics._base import (
+    DEFAULT_ZONE,
+    Db,
+    Filters,
+    conditions,
+    connect,
+    day_index_exprs,
+    day_of_index,
+    empty,
+    numbers,
+    read_frame,
+    zone_of,
+)
+from monitor.fx import Rate, RateBook, default_rates
+from monitor.models import FxRateRow, UsageHourlyRow
+from monitor.money import CURRENCIES, Currency
+from monitor.pricing import PriceCatalog, default_catalog
+from monitor.rollup import COST_SCALE
+from monitor.usage import Usage
+
+__all__ = [
+    "COST_MEASURES",
+    "CostDim",
+    "CostPeriod",
+    "SpendForecast",
+    "cost_columns",
+    "costs",
+    "load_rate_book",
+    "spend_forecast",
+]
+
+CostPeriod = Literal["day", "month", "total"]
+CostDim = Literal["provider", "model", "app", "source", "vantage"]
+_DIMS: tuple[CostDim, ...] = ("provider", "model", "app", "source", "vantage")
+_COUNTS = (
+    "requests",
+    "input_tokens",
+    "cached_input_tokens",
+    "cache_write_tokens",
+    "output_tokens",
+    "reasoning_tokens",
+    "images",
+    "unpriced",
+)
+COST_MEASURES = (
+    *_COUNTS,
+    "billed_usd",
+    "billed_cny",
+    "billed_jpy",
+    "jpy",
+    "usd",
+    "cny",
+    "usd_jpy",
+    "cny_jpy",
+    "fx_day",
+    "fx_rates",
+    "cache_hit_ratio",
+    "cache_savings_jpy",
+    "cache_savings_usd",
+    "cache_savings_cny",
+)
+_UNITS = {"USD": "cost_usd_e10", "CNY": "cost_cny_e10", "JPY": "cost_jpy_e10"}
+_ZERO = Decimal(0)
+_RATE_BASES: tuple[Currency, ...] = ("USD", "CNY")
+
+
+def cost_columns(by: Sequence[str]) -> list[str]:
+    """The columns ``costs`` returns for ``by``."""
+    return ["period", *by, *COST_MEASURES]
+
+
+def load_rate_book(conn: Connection, defaults: dict[Currency, Decimal] | None = None) -> RateBook:
+    """Every stored rate (through ``conn``), with ``defaults`` (default 150 / 21 JPY) before the first one."""
+    rows = conn.execute(select(FxRateRow.day, FxRateRow.base, FxRateRow.rate, FxRateRow.source)).all()
+    rates = [Rate(cast(Currency, base), Decimal(rate), day, source) for day, base, rate, source in rows]
+    return RateBook(rates, defaults or default_rates())
+
+
+@dataclass(slots=True)
+class _Sums:
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTS, 0))
+    billed: dict[Currency, Decimal] = field(default_factory=lambda: dict.fromkeys(CURRENCIES, _ZERO))
+    total: dict[Currency, Decimal] = field(default_factory=lambda: dict.fromkeys(CURRENCIES, _ZERO))
+    savings: dict[Currency, Decimal] = field(default_factory=lambda: dict.fromkeys(CURRENCIES, _ZERO))
+    rates: dict[Currency, set[Rate]] = field(default_factory=lambda: {"USD": set(), "CNY": set()})
+
+
+class _Converter:
+    """Daily conversion factors from a RateBook, computed once per (day, from, to)."""
+
+    def __init__(self, book: RateBook) -> None:
+        self.book = book
+        self._rates: dict[tuple[Currency, date], Rate] = {}
+        self._factors: dict[tuple[date, Currency, Currency], Decimal] = {}
+
+    def rate(self, base: Currency, day: date) -> Rate:
+        key = (base, day)
+        rate = self._rates.get(key)
+        if rate is None:
+            rate = self._rates[key] = self.book.rate(base, day)
+        return rate
+
+    def factor(self, day: date, src: Currency, dst: Currency) -> Decimal:
+        """What ``RateBook.convert`` multiplies by to turn ``src`` into ``dst`` on ``day``."""
+        if src == dst:
+            return Decimal(1)
+        key = (day, src, dst)
+        value = self._factors.get(key)
+        if value is None:
+            value = self._factors[key] = self.rate(src, day).rate / self.rate(dst, day).rate
+        return value
+
+
+class _CacheDiscount:
+    """Per (provider, model, UTC day): what one cache-read token saves against the input price, or None."""
+
+    def __init__(self, catalog: PriceCatalog) -> None:
+        self.catalog = weakref.proxy(catalog)  # the cache is keyed by the catalog: do not keep it alive
+        self._seen: dict[tuple[str, str, date], tuple[Decimal, Currency] | None] = {}
+
+    def per_token(self, provider: str, model: str, day: date) -> tuple[Decimal, Currency] | None:
+        key = (provider, model, day)
+        if key not in self._seen:
+            self._seen[key] = self._lookup(provider, model, day)
+        return self._seen[key]
+
+    def _lookup(self, provider: str, model: str, day: date) -> tuple[Decimal, Currency] | None:
+        if not model:
+            return None
+        at = datetime.combine(day, time(12), UTC)
+        full = self.catalog.quote(provider, model, Usage(input_tokens=1), at)
+        cached = self.catalog.quote(provider, model, Usage(input_tokens=1, cached_input_tokens=1), at)
+        if full is None or cached is None or full.cost.currency != cached.cost.currency:
+            return None
+        return full.cost.amount - cached.cost.amount, full.cost.currency
+
+
+_discounts: weakref.WeakKeyDictionary[PriceCatalog, _CacheDiscount] = weakref.WeakKeyDictionary()
+_discounts_lock = threading.Lock()
+
+
+def _discount(catalog: PriceCatalog) -> _CacheDiscount:
+    """The cache-discount lookups of ``catalog``, kept as long as it lives (a catalog's past prices never change)."""
+    with _discounts_lock:
+        found = _discounts.get(catalog)
+        if found is None:
+            found = _discounts[catalog] = _CacheDiscount(catalog)
+        return found
+
+
+def _daily_frame(conn: Connection, filters: Filters, zone: ZoneInfo, dims: Sequence[str]) -> pd.DataFrame:
+    """Usage rollup sums per (local day, UTC day, provider, model, dims), summed in SQL; integer columns exact."""
+    t = cast(Table, UsageHourlyRow.__table__)
+    local_day, utc_day = day_index_exprs(conn, t.c.hour, zone, filters.start, filters.end)
+    measures = [*_COUNTS, *_UNITS.values()]
+    keys = ["provider", "model", *dims]
+    inner = (
+        select(
+            local_day.label("local_day"), utc_day.label("utc_day"), *(t.c[k] for k in keys), *(t.c[m] for m in measures)
+        )
+        .where(*conditions(t, filters, apps=True, sources=True))
+        .subquery()
+    )
+    group = [inner.c.local_day, inner.c.utc_day, *(inner.c[k] for k in keys)]
+    stmt = select(*group, *(func.sum(inner.c[m]).label(m) for m in measures)).group_by(*group)
+    frame = read_frame(conn, stmt, ["local_day", "utc_day", *keys, *measures])
+    for name in ["local_day", "utc_day", *measures]:
+        frame[name] = numbers(frame[name])
+    return frame
+
+
+def _period_start(day: date, period: CostPeriod, first: date) -> date:
+    if period == "day":
+        return day
+    if period == "month":
+        return day.replace(day=1)
+    return first
+
+
+def _aggregate(
+    frame: pd.DataFrame,
+    *,
+    period: CostPeriod,
+    by: Sequence[str],
+    first_day: date,
+    converter: _Converter,
+    discount: _CacheDiscount | None,
+) -> dict[tuple[Any, ...], _Sums]:
+    """Per (period, ``by``): exact integer sums first (pandas), then Decimal conversions per local day."""
+    groups: dict[tuple[Any, ...], _Sums] = {}
+    if frame.empty:
+        return groups
+    days = {int(i): day_of_index(int(i)) for i in frame["local_day"].unique()}
+    frame = frame.assign(
+        day=frame["local_day"].map(days),
+        period=frame["local_day"].map({i: _period_start(d, period, first_day) for i, d in days.items()}),
+    )
+    key = ["period", *by]
+    width = len(key)
+
+    def sums_of(row: tuple[Any, ...]) -> _Sums:
+        k = tuple(row[:width])
+        found = groups.get(k)
+        if found is None:
+            found = groups[k] = _Sums()
+        return found
+
+    counts = frame.groupby(key, sort=False, dropna=False)[list(_COUNTS)].sum().reset_index()
+    for row in counts.itertuples(index=False, name=None):
+        sums = sums_of(row)
+        for name, value in zip(_COUNTS, row[width:], strict=True):
+            sums.counts[name] += int(value)
+
+    units = list(_UNITS.values())
+    money = frame.groupby([*key, "day"], sort=False, dropna=False)[units].sum().reset_index()
+    for row in money.itertuples(index=False, name=None):
+        sums = sums_of(row)
+        day = row[width]
+        for base in _RATE_BASES:
+            sums.rates[base].add(converter.rate(base, day))
+        for currency, value in zip(_UNITS, row[width + 1 :], strict=True):
+            if not value:
+                continue
+            src = cast(Currency, currency)
+            amount = Decimal(int(value)) / COST_SCALE
+            sums.billed[src] += amount
+            for dst in CURRENCIES:
+                sums.total[dst] += amount * converter.factor(day, src, dst)
+
+    if discount is not None:
+        cached = frame[frame["cached_input_tokens"] > 0]
+        extra = [c for c in ("provider", "model") if c not in key]
+        per_price = cached.groupby([*key, *extra, "day", "utc_day"], sort=False, dropna=False)
+        for row in per_price["cached_input_tokens"].sum().reset_index().itertuples(index=False, name=None):
+            named = dict(zip([*key, *extra, "day", "utc_day", "tokens"], row, strict=True))
+            unit = discount.per_token(named["provider"], named["model"], day_of_index(named["utc_day"]))
+            if unit is None or not unit[0]:
+                continue
+            saved = int(named["tokens"]) * unit[0]
+            sums = sums_of(row)
+            for dst in CURRENCIES:
+                sums.savings[dst] += saved * converter.factor(named["day"], unit[1], dst)
+    return groups
+
+
+def _single(rates: set[Rate]) -> Decimal | None:
+    values = {r.rate for r in rates}
+    return next(iter(values)) if len(values) == 1 else None
+
+
+def costs(
+    db: Db,
+    filters: Filters,
+    *,
+    period: CostPeriod = "day",
+    by: Sequence[CostDim] = ("provider", "model"),
+    zone: str | ZoneInfo = DEFAULT_ZONE,
+    book: RateBook | None = None,
+    catalog: PriceCatalog | None = None,
+) -> pd.DataFrame:
+    """Spend per ``period`` (local ``day``, ``month`` or the whole range: ``total``) and ``by`` dimensions.
+
+    Columns ``cost_columns(by)``: ``period`` (the local date the period starts; for ``total`` the range's
+    first local day); the usage counts; ``billed_usd/cny/jpy`` what providers billed in each currency; ``jpy``,
+    ``usd``, ``cny`` everything converted; ``usd_jpy`` / ``cny_jpy`` the rates used (None when the row's days
+    used different rates), ``fx_day`` the latest rate day used (None: only default rates), ``fx_rates`` every
+    rate used, as text; ``cache_hit_ratio`` = cached / input tokens (NaN without input); ``cache_savings_*``.
+    ``book`` defaults to the stored rates with the default fallbacks, ``catalog`` to the catalog without config
+    overrides (pass ``PriceCatalog(settings.prices)`` to honour them). Rows sorted by period, then ``by``.
+    """
+    by = list(by)
+    bad = [d for d in by if d not in _DIMS]
+    if bad:
+        raise ValueError(f"cannot group costs by {', '.join(bad)}; choose from {', '.join(_DIMS)}")
+    tz = zone_of(zone)
+    with connect(db) as conn:
+        frame = _daily_frame(conn, filters, tz, [d for d in by if d not in ("provider", "model")])
+        if frame.empty:
+            return empty(cost_columns(by))
+        book = book or load_rate_book(conn)
+    first_day = filters.start.astimezone(tz).date()
+    groups = _aggregate(
+        frame,
+        period=period,
+        by=by,
+        first_day=first_day,
+        converter=_Converter(book),
+        discount=_discount(catalog or default_catalog()),
+    )
+    records = []
+    for key in sorted(groups):
+        sums = groups[key]
+        used = sums.rates["USD"] | sums.rates["CNY"]
+        days = [r.day for r in used if r.day is not None]
+        input_tokens = sums.counts["input_tokens"]
+        records.append(
+            {
+                "period": key[0],
+                **dict(zip(by, key[1:], strict=True)),
+                **sums.counts,
+                "billed_usd": sums.billed["USD"],
+                "billed_cny": sums.billed["CNY"],
+                "billed_jpy": sums.billed["JPY"],
+                "jpy": sums.total["JPY"],
+                "usd": sums.total["USD"],
+                "cny": sums.total["CNY"],
+                "usd_jpy": _single(sums.rates["USD"]),
+                "cny_jpy": _single(sums.rates["CNY"]),
+                "fx_day": max(days) if days else None,
+                "fx_rates": "; ".join(sorted({r.describe() for r in used})),
+                "cache_hit_ratio": sums.counts["cached_input_tokens"] / input_tokens if input_tokens else float("nan"),
+                "cache_savings_jpy": sums.savings["JPY"],
+                "cache_savings_usd": sums.savings["USD"],
+                "cache_savings_cny": sums.savings["CNY"],
+            }
+        )
+    return pd.DataFrame.from_records(records, columns=cost_columns(by))
+
+
+@dataclass(frozen=True, slots=True)
+class SpendForecast:
+    """Month-to-date spend and the projected end-of-month total in ``currency``; ``method`` says how."""
+
+    as_of: datetime
+    zone: str
+    currency: Currency
+    month: date
+    month_to_date: Decimal
+    last_7_days: Decimal
+    daily_average: Decimal
+    days_remaining: Decimal
+    forecast: Decimal
+    method: str
+    has_data: bool
+
+
+FORECAST_METHOD = (
+    "forecast = month-to-date spend + (spend of the last 7 x 24 hours / 7) x days left in the month; "
+    "spend in {currency}, each day converted at its own exchange rate"
+)
+
+
+def spend_forecast(
+    db: Db,
+    filters: Filters | None = None,
+    *,
+    now: datetime | None = None,
+    zone: str | ZoneInfo = DEFAULT_ZONE,
+    currency: Currency = "JPY",
+    book: RateBook | None = None,
+) -> SpendForecast:
+    """Month-to-date spend in the local month of ``now`` and a forecast for the month's end.
+
+    Forecast = month-to-date + average daily spend of the last 7 days (168 hours before ``now``, whatever month
+    they fall in) x the days (fractional) left until the next local month starts. ``filters`` selects
+    providers, models, apps, vantages and sources; its time range is ignored. ``has_data`` is False when there
+    was no usage in either window (all amounts are then 0).
+    """
+    if currency not in CURRENCIES:
+        raise ValueError(f"unknown currency {currency!r}; expected one of {', '.join(CURRENCIES)}")
+    tz = zone_of(zone)
+    at = (now or datetime.now(UTC)).astimezone(UTC)
+    local = at.astimezone(tz)
+    month = local.date().replace(day=1)
+    month_start = datetime.combine(month, time(0), tz).astimezone(UTC)
+    nxt = (month + timedelta(days=32)).replace(day=1)
+    month_end = datetime.combine(nxt, time(0), tz).astimezone(UTC)
+    base = filters or Filters(at, at)
+
+    def spent(conn: Connection, converter: _Converter, start: datetime) -> tuple[Decimal, bool]:
+        frame = _daily_frame(conn, base.with_range(start, at), tz, [])
+        groups = _aggregate(frame, period="total", by=[], first_day=month, converter=converter, discount=None)
+        return sum((s.total[currency] for s in groups.values()), _ZERO), not frame.empty
+
+    with connect(db) as conn:
+        converter = _Converter(book or load_rate_book(conn))
+        mtd, mtd_rows = spent(conn, converter, month_start)
+        last7, last7_rows = spent(conn, converter, at - timedelta(days=7))
+    daily = last7 / 7
+    remaining = Decimal(str((month_end - at).total_seconds())) / 86_400
+    return SpendForecast(
+        as_of=at,
+        zone=str(tz),
+        currency=currency,
+        month=month,
+        month_to_date=mtd,
+        last_7_days=last7,
+        daily_average=daily,
+        days_remaining=remaining,
+        forecast=mtd + daily * remaining,
+        method=FORECAST_METHOD.format(currency=currency),
+        has_data=bool(mtd_rows or last7_rows),
+    )

@@ -1,0 +1,653 @@
+"""The recording reverse proxy (``glm-monitor proxy``): any client or language, pointed at a route, is recorded.
+
+``http://127.0.0.1:8787/<route>/...`` is forwarded to the route's endpoint (``/zai/chat/completions`` to
+``https://api.z.ai/api/paas/v4/chat/completions``; see ``monitor.capture.routes``). Method, path, query, headers
+(``Authorization`` and ``x-api-key`` included: forwarded, never stored) and body go upstream unchanged except for
+hop-by-hop headers; the response comes back unchanged and unbuffered, chunk by chunk, still compressed if it was
+(the recorder gets the decoded bytes). ``X-Monitor-App: name`` names the app the request is recorded for and is
+not forwarded. Each POST is recorded as one ``UsageEvent`` (source ``proxy``) through ``monitor.capture.recorder``.
+
+One change is made on purpose: an OpenAI-dialect streaming request that does not ask for usage
+(``stream_options.include_usage``) is sent upstream asking for it, with ``Accept-Encoding: identity``, and the
+usage-only event that this adds (``choices: []`` with ``usage``) is withheld from the client, which so gets the
+events it would have got without the proxy while the tokens are still recorded. Every other event's bytes pass
+verbatim, as soon as its first ``data:`` line shows it is not that event.
+
+Failures: an upstream that cannot be reached gives the client a 502 with a small JSON body, an upstream timeout
+before the response head a 504; both are recorded with their outcome (network_error, timeout). A failure after
+the head closes the client's connection mid-body, as the upstream's did. A client that goes away closes the
+upstream request and records what was seen, marked incomplete. The request body is read whole before it is sent
+(it is parsed for model and stream).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import re
+import socket
+import threading
+import time
+from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
+from dataclasses import replace
+from types import TracebackType
+from typing import Any
+
+import httpx
+import uvicorn
+
+from monitor.asgi_drop import DropConnection, install_quiet_drop_filter
+from monitor.capture.recorder import Exchange, RecorderStats, RequestInfo, Sink, parse_request
+from monitor.capture.routes import Route, RouteTable
+from monitor.capture.upstream import (
+    APP_HEADER,
+    Headers,
+    UpstreamPool,
+    body_decoder,
+    is_hop_by_hop,
+    response_headers,
+)
+from monitor.config import Settings
+from monitor.pricing import PriceCatalog
+from monitor.providers import Provider
+from monitor.redact import redact
+
+__all__ = [
+    "DEFAULT_TIMEOUT",
+    "ProxyApp",
+    "ProxyServer",
+    "UsageChunkFilter",
+    "ask_for_usage",
+    "build_app",
+    "run_in_thread",
+    "serve",
+]
+
+log = logging.getLogger(__name__)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+
+DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=10.0)
+"""Upstream timeouts: ``read`` is the longest silence allowed (a thinking model may be quiet for minutes)."""
+
+_APP_MAX = 64  # the usage_events.app column
+_MODEL_MAX = 128  # the usage_events.model column
+
+
+# -- the usage request and its chunk ---------------------------------------------------------------------------
+
+_INCLUDE_USAGE = b'"stream_options":{"include_usage":true}'
+
+
+def ask_for_usage(body: bytes) -> bytes | None:
+    """``body`` (a JSON object) with ``stream_options.include_usage`` set true, or None if it cannot be done.
+
+    Without a ``stream_options`` key the member is inserted before the closing brace, so the rest of the body
+    stays byte for byte as the client wrote it; otherwise the object is re-serialised.
+    """
+    text = body.strip()
+    if not (text.startswith(b"{") and text.endswith(b"}")):
+        return None
+    if b"stream_options" not in text:
+        inner = text[:-1].rstrip()
+        return inner + (b"" if inner.endswith(b"{") else b",") + _INCLUDE_USAGE + b"}"
+    try:
+        data = json.loads(text)
+    except ValueError:
+        return None
+    if not isinstance(data, dict):
+        return None
+    options = data.get("stream_options")
+    if options is not None and not isinstance(options, dict):
+        return None
+    data["stream_options"] = {**(options or {}), "include_usage": True}
+    return json.dumps(data, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+
+
+_EOL = re.compile(rb"\r\n|\r|\n")
+_EMPTY_CHOICES = re.compile(rb'"choices"\s*:\s*\[\s*\]')
+_HOLD, _PASS, _DROP = 0, 1, 2
+_MAX_HELD = 1 << 20
+
+
+def _usage_only(line: bytes) -> bool:
+    """Whether an SSE ``data:`` line is an OpenAI usage-only chunk (``choices: []`` and a usage object)."""
+    if not _EMPTY_CHOICES.search(line):
+        return False
+    try:
+        obj = json.loads(line[5:])
+    except ValueError:
+        return False
+    return isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
+
+
+class UsageChunkFilter:
+    """Removes the usage-only events from an OpenAI-dialect SSE stream, passing every other byte verbatim.
+
+    ``feed`` takes the upstream's chunks (cut anywhere) and returns the bytes to send now; ``finish`` returns
+    what is still held at the end of the stream. An event is held only until its first ``data:`` line is
+    complete: then it is either passed (that line and everything after it, immediately) or dropped whole.
+    Comment-only events pass at their end. ``withheld`` counts the bytes dropped.
+    """
+
+    __slots__ = ("_cr_dest", "_held", "_line", "_line_empty", "_mode", "withheld")
+
+    def __init__(self) -> None:
+        self._mode = _HOLD
+        self._held = bytearray()  # the current event's bytes while it is undecided
+        self._line = bytearray()  # the current line while the event is undecided
+        self._line_empty = True
+        # The previous chunk ended in CR: an LF opening the next one completes that line end and goes where the
+        # CR went (_PASS, _DROP or _HOLD); None when there is no such CR.
+        self._cr_dest: int | None = None
+        self.withheld = 0
+
+    def feed(self, chunk: bytes) -> bytes:
+        """Take the next chunk; return the bytes that may go to the client now."""
+        if (
+            self._mode == _HOLD
+            and not self._held
+            and self._cr_dest is None
+            and chunk.endswith(b"\n\n")
+            and b"\r" not in chunk
+            and _EMPTY_CHOICES.search(chunk) is None
+        ):
+            # The usual chunk: whole events, none of them a usage-only one; nothing to look at line by line.
+            return chunk
+        out = bytearray()
+        pos = 0
+        if self._cr_dest is not None and chunk:
+            dest, self._cr_dest = self._cr_dest, None
+            if chunk[0] == 0x0A:
+                self._put(out, dest, b"\n")
+                pos = 1
+        end = len(chunk)
+        while pos < end:
+            m = _EOL.search(chunk, pos)
+            if m is None:
+                self._content(out, chunk[pos:])
+                break
+            if m.start() > pos:
+                self._content(out, chunk[pos : m.start()])
+            dest = self._line_end(out, m.group())
+            pos = m.end()
+            if pos == end and chunk[-1] == 0x0D:
+                self._cr_dest = dest
+        return bytes(out)
+
+    def finish(self) -> bytes:
+        """End of stream: the bytes of an event left undecided (a cut stream), which the client gets."""
+        held = bytes(self._held) if self._mode == _HOLD else b""
+        self._held.clear()
+        self._line.clear()
+        self._mode = _HOLD
+        self._line_empty = True
+        self._cr_dest = None
+        return held
+
+    def _put(self, out: bytearray, dest: int, data: bytes) -> None:
+        if dest == _PASS:
+            out += data
+        elif dest == _DROP:
+            self.withheld += len(data)
+        else:
+            self._held += data
+
+    def _content(self, out: bytearray, data: bytes) -> None:
+        self._line_empty = False
+        if self._mode == _HOLD:
+            self._held += data
+            self._line += data
+            if len(self._held) > _MAX_HELD:  # bounded memory: an event this big is no usage chunk
+                self._pass(out)
+        else:
+            self._put(out, self._mode, data)
+
+    def _pass(self, out: bytearray) -> None:
+        out += self._held
+        self._held.clear()
+        self._line.clear()
+        self._mode = _PASS
+
+    def _line_end(self, out: bytearray, eol: bytes) -> int:
+        """Handle a line end; return where its bytes went."""
+        mode = self._mode
+        if self._line_empty:  # a blank line ends the event
+            if mode == _HOLD:
+                self._held += eol
+                self._pass(out)
+                mode = _PASS
+            else:
+                self._put(out, mode, eol)
+            self._mode = _HOLD
+            self._held.clear()
+            self._line.clear()
+            return mode
+        self._line_empty = True
+        if mode != _HOLD:
+            self._put(out, mode, eol)
+            return mode
+        self._held += eol
+        line = bytes(self._line)
+        self._line.clear()
+        if line.startswith(b"data:"):
+            if _usage_only(line):
+                self.withheld += len(self._held)
+                self._held.clear()
+                self._mode = _DROP
+            else:
+                self._pass(out)
+        return self._mode
+
+
+# -- the ASGI application ----------------------------------------------------------------------------------------
+
+
+class _UpstreamBroke(DropConnection):
+    """Raised after the response head to make the server drop the client's connection, as the upstream did."""
+
+
+class _Watch:
+    """Shared by a request and its disconnect watcher."""
+
+    __slots__ = ("finished", "gone")
+
+    def __init__(self) -> None:
+        self.finished = False
+        self.gone = False
+
+
+def _json_error(kind: str, message: str) -> bytes:
+    return json.dumps({"error": {"type": kind, "code": kind, "message": message}}).encode("utf-8")
+
+
+async def _reply(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})
+
+
+def _header_text(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for name, value in raw:
+        key, text = name.decode("latin-1").lower(), value.decode("latin-1")
+        out[key] = f"{out[key]}, {text}" if key in out else text
+    return out
+
+
+class ProxyApp:
+    """The proxy as a plain ASGI application (HTTP and lifespan scopes).
+
+    ``timeout`` bounds the upstream (connect, each read, each write); ``pool`` holds the upstream connections
+    and is closed at lifespan shutdown.
+    """
+
+    def __init__(
+        self,
+        routes: RouteTable,
+        sink: Sink,
+        *,
+        vantage: str,
+        stats: RecorderStats | None = None,
+        catalog: PriceCatalog | None = None,
+        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
+        pool: UpstreamPool | None = None,
+    ) -> None:
+        self.routes = routes
+        self.sink = sink
+        self.vantage = vantage
+        self.stats = stats if stats is not None else RecorderStats()
+        self.catalog = catalog
+        self.timeout = timeout
+        self.pool = pool if pool is not None else UpstreamPool()
+        self._timeouts = timeout.as_dict()
+        install_quiet_drop_filter()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self._http(scope, receive, send)
+        elif kind == "lifespan":
+            await self._lifespan(receive, send)
+
+    async def _lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await self.pool.aclose()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        found = self.routes.match(raw_path)
+        if found is None:
+            await _reply(send, 404, self.routes.not_found_body(raw_path))
+            return
+        route, rest = found
+        body = await _read_body(receive)
+        if body is None:
+            return  # the client left before its request was complete
+        method: str = scope["method"]
+        headers, app, had_length = _request_headers(scope["headers"])
+        exchange: Exchange | None = None
+        usage_filter: UsageChunkFilter | None = None
+        if method == "POST":
+            info = _request_info(route, body, headers)
+            if route.endpoint.dialect == "openai" and info.stream and not info.include_usage:
+                changed = ask_for_usage(body)
+                if changed is not None:
+                    body, usage_filter = changed, UsageChunkFilter()
+                    headers = [h for h in headers if h[0] != b"accept-encoding"]
+                    headers.append((b"accept-encoding", b"identity"))
+            exchange = Exchange(
+                provider=route.provider,
+                endpoint=route.endpoint,
+                request=info,
+                source="proxy",
+                vantage=self.vantage,
+                app=app,
+                sink=self.sink,
+                stats=self.stats,
+                catalog=self.catalog,
+            )
+        if body or had_length:
+            headers.append((b"content-length", str(len(body)).encode("ascii")))
+        query: bytes = scope.get("query_string", b"")
+        url = httpx.URL(
+            scheme=route.scheme, host=route.host, port=route.port, raw_path=route.target(rest, query) or b"/"
+        )
+        request = httpx.Request(method, url, headers=headers, content=body, extensions={"timeout": self._timeouts})
+        await self._forward(route, request, exchange, usage_filter, receive, send)
+
+    async def _forward(
+        self,
+        route: Route,
+        request: httpx.Request,
+        exchange: Exchange | None,
+        usage_filter: UsageChunkFilter | None,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        watch = _Watch()
+        watcher = asyncio.create_task(_watch_disconnect(receive, task, watch))
+        transport = self.pool.acquire(route.origin)
+        response: httpx.Response | None = None
+        try:
+            try:
+                response = await transport.handle_async_request(request)
+            except httpx.TransportError as exc:
+                watch.finished = True
+                if exchange is not None:
+                    exchange.finish(error=exc)
+                await self._upstream_failed(route, exc, send)
+                return
+            await self._relay(response, exchange, usage_filter, watch, send)
+        except asyncio.CancelledError:
+            if not watch.gone:
+                raise
+            task.uncancel()
+            if exchange is not None:
+                exchange.finish(disconnected=True)
+        finally:
+            watch.finished = True
+            watcher.cancel()
+            if response is not None:
+                await response.aclose()
+            await self.pool.release(route.origin, transport)
+
+    async def _relay(
+        self,
+        response: httpx.Response,
+        exchange: Exchange | None,
+        usage_filter: UsageChunkFilter | None,
+        watch: _Watch,
+        send: Send,
+    ) -> None:
+        status = response.status_code
+        raw = response.headers.raw
+        encoding = response.headers.get("content-encoding", "").strip().lower()
+        sse = response.headers.get("content-type", "").lower().startswith("text/event-stream")
+        if usage_filter is not None and not (200 <= status < 300 and sse and encoding in ("", "identity")):
+            usage_filter = None  # an error, or an upstream that ignored identity: nothing to remove
+        decode: Callable[[bytes], bytes] | None = None
+        readable = False
+        if exchange is not None:
+            exchange.response_started(status, _header_text(raw))
+            readable, decode = body_decoder(encoding.encode("latin-1"))
+        head = response_headers(raw, keep_length=usage_filter is None)
+        await send({"type": "http.response.start", "status": status, "headers": head})
+        stream = response.stream
+        assert isinstance(stream, httpx.AsyncByteStream)
+        try:
+            async for chunk in stream:
+                data = usage_filter.feed(chunk) if usage_filter is not None else chunk
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+                if exchange is not None and readable:
+                    if decode is None:
+                        exchange.feed(chunk)
+                    else:
+                        try:
+                            exchange.feed(decode(chunk))
+                        except Exception as exc:  # a body that will not decode: relay it, stop reading it
+                            self.stats.failed("decode", exc)
+                            readable = False
+        except httpx.TransportError as exc:
+            if exchange is not None:
+                exchange.finish(error=exc)
+            held = usage_filter.finish() if usage_filter is not None else b""
+            if held:  # the part of an event the upstream did send is the client's
+                await send({"type": "http.response.body", "body": held, "more_body": True})
+            raise _UpstreamBroke(type(exc).__name__) from None
+        tail = usage_filter.finish() if usage_filter is not None else b""
+        watch.finished = True
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
+        if exchange is not None:
+            exchange.finish()
+
+    async def _upstream_failed(self, route: Route, exc: httpx.TransportError, send: Send) -> None:
+        where = f"{route.scheme}://{route.host}:{route.port}"
+        detail = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        if isinstance(exc, httpx.TimeoutException):
+            message = f"GLM Monitor proxy: the upstream {where} did not answer in time ({detail})"
+            await _reply(send, 504, _json_error("upstream_timeout", message))
+        elif isinstance(exc, httpx.ConnectError):
+            message = f"GLM Monitor proxy: the upstream {where} could not be reached ({detail})"
+            await _reply(send, 502, _json_error("upstream_unreachable", message))
+        else:
+            message = f"GLM Monitor proxy: the connection to the upstream {where} failed before it answered ({detail})"
+            await _reply(send, 502, _json_error("upstream_failed", message))
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], watch: _Watch) -> None:
+    """Cancel ``task`` when the client disconnects before its response is finished."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            if not watch.finished:
+                watch.gone = True
+                task.cancel()
+            return
+
+
+def _request_headers(raw: list[tuple[bytes, bytes]]) -> tuple[Headers, str | None, bool]:
+    """(headers to forward, the X-Monitor-App value, whether the request had a body length or framing)."""
+    extra = frozenset(
+        t.strip().lower() for name, value in raw if name == b"connection" for t in value.split(b",") if t.strip()
+    )
+    out: Headers = []
+    app: str | None = None
+    had_length = False
+    for name, value in raw:
+        if name == APP_HEADER:
+            app = value.decode("utf-8", "replace").strip()[:_APP_MAX] or None
+        elif name == b"content-length" or name == b"transfer-encoding":
+            had_length = True
+        elif name != b"host" and not is_hop_by_hop(name, extra):
+            out.append((name, value))
+    return out, app, had_length
+
+
+def _request_info(route: Route, body: bytes, headers: Headers) -> RequestInfo:
+    info = parse_request(body)
+    if info.model is not None and len(info.model) > _MODEL_MAX:
+        info = replace(info, model=info.model[:_MODEL_MAX])
+    if route.endpoint.dialect == "dashscope" and not info.stream:
+        # DashScope native streams are asked for with a header, not in the body.
+        for name, value in headers:
+            lowered = value.lower()
+            if (name == b"x-dashscope-sse" and lowered.strip() == b"enable") or (
+                name == b"accept" and b"text/event-stream" in lowered
+            ):
+                return replace(info, stream=True)
+    return info
+
+
+# -- building and serving ------------------------------------------------------------------------------------------
+
+
+def build_app(
+    settings: Settings,
+    sink: Sink,
+    *,
+    stats: RecorderStats | None = None,
+    timeout: httpx.Timeout | float | None = None,
+    catalog: PriceCatalog | None = None,
+    providers: Mapping[str, Provider] | None = None,
+) -> ProxyApp:
+    """The proxy for ``settings``, recording into ``sink``: routes for ``providers`` (default
+    ``settings.catalog()``), prices with the config's overrides (or ``catalog``), upstream ``timeout`` (a
+    number sets every phase; default ``DEFAULT_TIMEOUT``)."""
+    if timeout is None:
+        upstream_timeout = DEFAULT_TIMEOUT
+    elif isinstance(timeout, httpx.Timeout):
+        upstream_timeout = timeout
+    else:
+        upstream_timeout = httpx.Timeout(timeout)
+    return ProxyApp(
+        RouteTable.from_catalog(providers if providers is not None else settings.catalog()),
+        sink,
+        vantage=settings.vantage,
+        stats=stats,
+        catalog=catalog if catalog is not None else PriceCatalog(settings.prices),
+        timeout=upstream_timeout,
+    )
+
+
+def _uvicorn_config(app: ProxyApp, **kwargs: Any) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        lifespan="on",
+        access_log=False,  # request lines could carry query strings; the events are the record
+        server_header=False,  # the upstream's own Server and Date headers pass through
+        date_header=False,
+        log_config=None,  # leave the host process's logging alone
+        timeout_graceful_shutdown=5,
+        **kwargs,
+    )
+
+
+def serve(settings: Settings, sink: Sink, host: str | None = None, port: int | None = None) -> None:
+    """Serve the proxy in the foreground until interrupted (``glm-monitor proxy``); host and port default to
+    ``settings.proxy`` (127.0.0.1:8787). Uses httptools and uvloop when they are installed."""
+    app = build_app(settings, sink)
+    bind_host = host if host is not None else settings.proxy.host
+    bind_port = port if port is not None else settings.proxy.port
+    log.info("proxy routes: %s", ", ".join(f"/{name.decode()}" for name in app.routes.routes))
+    uvicorn.Server(_uvicorn_config(app, host=bind_host, port=bind_port, log_level="info")).run()
+
+
+class ProxyServer:
+    """A proxy app served by uvicorn in a daemon thread, for tests and benchmarks (``port=0``: ephemeral,
+    known once started). ``start()`` returns when it accepts connections; ``stop()`` when it is gone."""
+
+    def __init__(self, app: ProxyApp, host: str = "127.0.0.1", port: int = 0) -> None:
+        self.app = app
+        self.host = host
+        self.port = port
+        self._server: uvicorn.Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """``http://host:port`` without a trailing slash; append a route (``/zai``)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self.port}"
+
+    def start(self, timeout: float = 10.0) -> ProxyServer:
+        """Bind, serve in a background thread and wait until ready."""
+        family, kind, proto, _, address = socket.getaddrinfo(self.host, self.port, type=socket.SOCK_STREAM)[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        self.port = sock.getsockname()[1]
+        server = uvicorn.Server(_uvicorn_config(self.app, log_level="warning", loop="asyncio"))
+        self._server = server
+
+        def run() -> None:
+            try:
+                asyncio.run(server.serve(sockets=[sock]))
+            finally:
+                sock.close()
+
+        self._thread = threading.Thread(target=run, name=f"glm-proxy-{self.port}", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + timeout
+        while not server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the proxy on {self.url} did not start")
+            time.sleep(0.002)
+        return self
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Stop serving (requests in progress get uvicorn's grace period). Idempotent."""
+        server, thread = self._server, self._thread
+        if server is None or thread is None:
+            return
+        server.should_exit = True
+        thread.join(timeout)
+        if thread.is_alive():
+            server.force_exit = True
+            thread.join(timeout)
+        self._server = self._thread = None
+
+    def __enter__(self) -> ProxyServer:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+@contextlib.contextmanager
+def run_in_thread(app: ProxyApp, host: str = "127.0.0.1", port: int = 0) -> Iterator[ProxyServer]:
+    """A started :class:`ProxyServer` for the duration of the ``with`` block."""
+    server = ProxyServer(app, host, port)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -1,0 +1,205 @@
+"""The proxy's upstream side: connections to the providers, header rules, and decoding for the recorder.
+
+Connections. httpx's connection pool checks every idle connection on each request, which at ~100 concurrent
+streams costs seconds (measured in /work/shared/DESIGN.md). ``UpstreamPool`` instead keeps, per origin, a stack
+of single-connection httpx transports: a request takes one (or makes one), uses it alone and gives it back, so
+nothing ever scans a pool. Every transport shares one SSL context (one CA bundle in memory, not one per client).
+
+Headers (RFC 9110 section 7.6.1): hop-by-hop headers (``connection`` and the headers it names, ``keep-alive``,
+``transfer-encoding``, ``te``, ``trailer``, ``upgrade``, ``proxy-*``; and ``expect``, as the proxy already holds
+the whole request body) are not forwarded either way; ``host`` is set to the upstream's; everything else,
+``authorization`` and ``x-api-key`` included, passes unchanged.
+"""
+
+from __future__ import annotations
+
+import importlib
+import ssl
+import zlib
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import certifi
+import httpx
+
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"proxy-connection",
+        # The proxy has the whole body before it calls the upstream: there is nothing left to wait for.
+        b"expect",
+    }
+)
+APP_HEADER = b"x-monitor-app"
+
+Headers = list[tuple[bytes, bytes]]
+
+
+def shared_ssl_context() -> ssl.SSLContext:
+    """A verifying client SSL context with certifi's CA bundle, made once per process."""
+    global _SSL_CONTEXT
+    if _SSL_CONTEXT is None:
+        _SSL_CONTEXT = ssl.create_default_context(cafile=certifi.where())
+    return _SSL_CONTEXT
+
+
+_SSL_CONTEXT: ssl.SSLContext | None = None
+
+
+def _connection_tokens(headers: Iterable[tuple[bytes, bytes]]) -> frozenset[bytes]:
+    """Header names listed in ``Connection`` (they are hop-by-hop for this connection only)."""
+    names: set[bytes] = set()
+    for name, value in headers:
+        if name.lower() == b"connection":
+            names.update(t.strip().lower() for t in value.split(b",") if t.strip())
+    return frozenset(names)
+
+
+def is_hop_by_hop(name: bytes, extra: frozenset[bytes] = frozenset()) -> bool:
+    """Whether a (lower-case) header name is hop-by-hop; ``extra``: the names the Connection header lists."""
+    return name in HOP_BY_HOP or name.startswith(b"proxy-") or name in extra
+
+
+def response_headers(raw: Iterable[tuple[bytes, bytes]], *, keep_length: bool) -> Headers:
+    """The upstream response's headers as the client gets them: hop-by-hop ones dropped, names lower-case.
+
+    ``keep_length`` False drops ``content-length`` too (the body is about to change length).
+    """
+    raw = list(raw)
+    extra = _connection_tokens(raw)
+    out: Headers = []
+    for name, value in raw:
+        name = name.lower()
+        if is_hop_by_hop(name, extra) or (not keep_length and name == b"content-length"):
+            continue
+        out.append((name, value))
+    return out
+
+
+class UpstreamPool:
+    """Idle single-connection transports per origin, handed out one request at a time (LIFO, so the warmest
+    connection is reused and surplus ones expire). ``max_idle`` caps what is kept per origin."""
+
+    def __init__(
+        self,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        max_idle: int = 128,
+        # Under the 5 s idle timeout of uvicorn-based upstreams (vLLM, SGLang) and of the SDKs' own httpx
+        # clients, so a connection is never reused just as the upstream closes it.
+        keepalive_expiry: float = 4.0,
+    ) -> None:
+        self.ssl_context = ssl_context or shared_ssl_context()
+        self.max_idle = max_idle
+        self._limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=keepalive_expiry)
+        self._idle: dict[tuple[str, str, int], list[httpx.AsyncHTTPTransport]] = {}
+        self._closed = False
+
+    def acquire(self, origin: tuple[str, str, int]) -> httpx.AsyncHTTPTransport:
+        """A transport for one request to ``origin``; give it back with ``release`` once its response is closed."""
+        idle = self._idle.get(origin)
+        if idle:
+            return idle.pop()
+        return httpx.AsyncHTTPTransport(verify=self.ssl_context, limits=self._limits, trust_env=False)
+
+    async def release(self, origin: tuple[str, str, int], transport: httpx.AsyncHTTPTransport) -> None:
+        """Return a transport whose response is closed; closed instead when the pool is full or shut."""
+        idle = self._idle.setdefault(origin, [])
+        if self._closed or len(idle) >= self.max_idle:
+            await transport.aclose()
+        else:
+            idle.append(transport)
+
+    async def aclose(self) -> None:
+        """Close every idle connection; transports released later are closed on release."""
+        self._closed = True
+        idle, self._idle = self._idle, {}
+        for transports in idle.values():
+            for transport in transports:
+                await transport.aclose()
+
+
+# -- decoding for the recorder ------------------------------------------------------------------------------
+
+Decoder = Callable[[bytes], bytes]
+
+
+def _zlib_decoder(wbits: int) -> Decoder:
+    d = zlib.decompressobj(wbits)
+    return d.decompress
+
+
+def _deflate_decoder() -> Decoder:
+    # "deflate" is zlib-wrapped by the RFC but raw deflate from some servers: decide on the first bytes.
+    state: dict[str, Any] = {}
+
+    def decode(data: bytes) -> bytes:
+        d = state.get("d")
+        if d is None:
+            d = zlib.decompressobj()
+            try:
+                out: bytes = d.decompress(data)
+            except zlib.error:
+                d = zlib.decompressobj(-zlib.MAX_WBITS)
+                out = d.decompress(data)
+            state["d"] = d
+            return out
+        result: bytes = d.decompress(data)
+        return result
+
+    return decode
+
+
+def _optional_decoder(coding: bytes) -> Decoder | None:
+    """A brotli or zstd decoder when the optional package is installed, else None."""
+    try:
+        if coding == b"br":
+            brotli: Any = importlib.import_module("brotli")
+            process: Decoder = brotli.Decompressor().process
+            return process
+        zstandard: Any = importlib.import_module("zstandard")
+        decompress: Decoder = zstandard.ZstdDecompressor().decompressobj().decompress
+        return decompress
+    except ImportError:
+        return None
+
+
+def body_decoder(content_encoding: bytes | None) -> tuple[bool, Decoder | None]:
+    """How to turn the response body into plain bytes for the recorder: (readable, decoder).
+
+    The decoder (None: the body is plain already) takes each chunk in order. ``readable`` is False for an
+    encoding this install cannot decode (brotli or zstandard not installed, or unknown): the body is then
+    relayed but not read.
+    """
+    if not content_encoding:
+        return True, None
+    codings = [c.strip().lower() for c in content_encoding.split(b",") if c.strip()]
+    steps: list[Decoder] = []
+    for coding in reversed(codings):  # the last applied is undone first
+        if coding == b"identity":
+            continue
+        if coding in (b"gzip", b"x-gzip"):
+            steps.append(_zlib_decoder(zlib.MAX_WBITS | 16))
+        elif coding == b"deflate":
+            steps.append(_deflate_decoder())
+        elif coding in (b"br", b"zstd"):
+            step = _optional_decoder(coding)
+            if step is None:
+                return False, None
+            steps.append(step)
+        else:
+            return False, None
+    if len(steps) <= 1:
+        return True, steps[0] if steps else None
+
+    def chain(data: bytes) -> bytes:
+        for step in steps:
+            data = step(data)
+        return data
+
+    return True, chain
