@@ -480,7 +480,9 @@ def test_client_disconnect_closes_the_upstream_and_records_an_incomplete_event(
             headers={"Authorization": f"Bearer {API_KEY}", "X-Sim-Token-Ms": "2000"},
         ) as response,
     ):
-        first = next(response.iter_raw())
+        # Keep the iterator: a dropped one is closed at once, which closes the connection early.
+        raw = response.iter_raw()
+        first = next(raw)
         assert first.startswith(b"data: ")
         assert upstream.stats()["models"][MODEL]["in_flight"] == 1
     deadline = time.monotonic() + 5
