@@ -501,7 +501,14 @@ def as_of(engine: Engine) -> datetime:
     return floor_hour(newest) + timedelta(minutes=30)
 
 
-ROLLUPS = ("rollup_usage_hourly", "rollup_outcome_hourly", "rollup_probe_hourly")
+ROLLUPS = (
+    "rollup_usage_hourly",
+    "rollup_outcome_hourly",
+    "rollup_probe_hourly",
+    "rollup_usage_daily",
+    "rollup_outcome_daily",
+    "rollup_probe_daily",
+)
 RAW_COUNT = "SELECT (SELECT count(*) FROM usage_events) + (SELECT count(*) FROM probe_results)"
 
 
@@ -572,6 +579,11 @@ def run_backend(backend: str, url: str, args: argparse.Namespace, build_now: dat
     try:
         if not args.reuse:
             build(engine, url, args.usage_events, args.probe_results, build_now, args.months)
+        else:  # an older build: bring its schema and rollups (daily ones included) up to date first
+            upgrade(url)
+            t0 = time.perf_counter()
+            refresh_rollups(engine, now=as_of(engine), wait=True)
+            print(f"  refresh_rollups: {time.perf_counter() - t0:.1f} s", flush=True)
         res = bench(engine, args.repeat, args.raw_repeat)
     finally:
         engine.dispose()

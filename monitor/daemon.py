@@ -36,6 +36,7 @@ from monitor.pricing import PriceCatalog
 from monitor.probe import run_probe, usage_event_of
 from monitor.quota_poller import DEFAULT_POLL_INTERVAL_S, poll_quota_async
 from monitor.rollup import prune_raw, refresh_rollups
+from monitor.rollup_days import DEFAULT_DAY_ZONES
 from monitor.scheduler import ScheduledTarget, add_probe_jobs, concurrency_of, resolve_targets
 from monitor.writer import EventWriter
 
@@ -178,9 +179,13 @@ class Daemon:
         if self.settings.fx.fetch_daily:
             scheduler.add_job(self._fetch_fx, "interval", hours=24, id="housekeeping:fx", next_run_time=now, **common)
 
+    def _day_zones(self) -> tuple[str, ...]:
+        """Zones whose daily rollups are kept: the defaults and the display zone the dashboard reads days in."""
+        return tuple(dict.fromkeys((*DEFAULT_DAY_ZONES, self.settings.timezone)))
+
     async def _refresh_rollups(self) -> None:
         try:
-            report = await asyncio.to_thread(refresh_rollups, self.engine)
+            report = await asyncio.to_thread(refresh_rollups, self.engine, day_zones=self._day_zones())
         except SQLAlchemyError as exc:
             log.warning(kv("rollups_failed", error=type(exc).__name__))
             return
@@ -189,7 +194,9 @@ class Daemon:
 
     async def _prune(self) -> None:
         try:
-            report = await asyncio.to_thread(prune_raw, self.engine, self.settings.database.retention_days)
+            report = await asyncio.to_thread(
+                prune_raw, self.engine, self.settings.database.retention_days, day_zones=self._day_zones()
+            )
         except SQLAlchemyError as exc:
             log.warning(kv("prune_failed", error=type(exc).__name__))
             return

@@ -280,6 +280,99 @@ class OutcomeHourlyRow(Base):
     http_429: Mapped[int] = mapped_column(Integer)
 
 
+class ProbeDailyRow(Base):
+    """``rollup_probe_hourly`` summed per local ``day`` in ``zone`` (one of the zones kept, see ``RollupZoneRow``).
+
+    A UTC hour belongs to the local day in which it starts. Columns mean what they mean in the hourly table
+    (histograms merged bucket by bucket); there is no ``last_*``: the latest probe is read from the hours.
+    """
+
+    __tablename__ = "rollup_probe_daily"
+
+    zone: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    vantage: Mapped[str] = mapped_column(String(64), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    ok: Mapped[int] = mapped_column(Integer)
+    throttled: Mapped[int] = mapped_column(Integer)
+    http_429: Mapped[int] = mapped_column(Integer)
+    retry_after_count: Mapped[int] = mapped_column(Integer)
+    retry_after_sum_s: Mapped[float] = mapped_column(Float)
+    retry_after_max_s: Mapped[float | None] = mapped_column(Float)
+    ttft_count: Mapped[int] = mapped_column(Integer)
+    ttft_sum_ms: Mapped[float] = mapped_column(Float)
+    ttft_hist: Mapped[bytes] = mapped_column(LargeBinary)
+    total_count: Mapped[int] = mapped_column(Integer)
+    total_sum_ms: Mapped[float] = mapped_column(Float)
+    total_hist: Mapped[bytes] = mapped_column(LargeBinary)
+    tps_count: Mapped[int] = mapped_column(Integer)
+    tps_sum: Mapped[float] = mapped_column(Float)
+    tps_hist: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class UsageDailyRow(Base):
+    """``rollup_usage_hourly`` summed per local ``day`` in ``zone`` and ``utc_day`` (a local day spans up to two
+    UTC days, and prices change on UTC days), with the hourly table's keys and sums (no ``last_ts``)."""
+
+    __tablename__ = "rollup_usage_daily"
+
+    zone: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    utc_day: Mapped[date] = mapped_column(Date, primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    vantage: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    ok: Mapped[int] = mapped_column(Integer)
+    throttled: Mapped[int] = mapped_column(Integer)
+    http_429: Mapped[int] = mapped_column(Integer)
+    input_tokens: Mapped[int] = mapped_column(BigInteger)
+    cached_input_tokens: Mapped[int] = mapped_column(BigInteger)
+    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
+    output_tokens: Mapped[int] = mapped_column(BigInteger)
+    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
+    images: Mapped[int] = mapped_column(BigInteger)
+    unpriced: Mapped[int] = mapped_column(Integer)
+    cost_usd_e10: Mapped[int] = mapped_column(BigInteger)
+    cost_cny_e10: Mapped[int] = mapped_column(BigInteger)
+    cost_jpy_e10: Mapped[int] = mapped_column(BigInteger)
+
+
+class OutcomeDailyRow(Base):
+    """``rollup_outcome_hourly`` summed per local ``day`` in ``zone``."""
+
+    __tablename__ = "rollup_outcome_daily"
+
+    zone: Mapped[str] = mapped_column(String(64), primary_key=True)
+    day: Mapped[date] = mapped_column(Date, primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    vantage: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app: Mapped[str] = mapped_column(String(64), primary_key=True)
+    outcome: Mapped[str] = mapped_column(String(24), primary_key=True)
+    error_code: Mapped[str] = mapped_column(String(64), primary_key=True)
+    requests: Mapped[int] = mapped_column(Integer)
+    http_429: Mapped[int] = mapped_column(Integer)
+
+
+class RollupZoneRow(Base):
+    """A zone whose daily rollups are kept: every day of it equals the sum of its hours.
+
+    Zones are only ever added (a refresher keeps every zone listed here, whichever zones it was asked for), so
+    a reader can trust the daily tables of a listed zone.
+    """
+
+    __tablename__ = "rollup_zones"
+
+    zone: Mapped[str] = mapped_column(String(64), primary_key=True)
+    added_at: Mapped[datetime]
+
+
 class RollupHourRow(Base):
     """One rolled-up hour of one raw table and how many raw rows it had when it was computed.
 

@@ -4,7 +4,9 @@
 ``usage_events`` into three hourly tables (``monitor.models``): ``rollup_probe_hourly`` per (provider, model,
 vantage) with outcome counts, retry-after and latency histograms; ``rollup_usage_hourly`` per (provider, model,
 vantage, app, source) with counts, token sums and exact cost sums per native currency; ``rollup_outcome_hourly``
-per (source, provider, model, vantage, app, outcome, provider code). ``monitor.analytics`` reads only these.
+per (source, provider, model, vantage, app, outcome, provider code). ``monitor.analytics`` reads only these
+and their daily sums per local day of each kept zone, which every recompute of an hour keeps in step in the
+same transaction (``monitor.rollup_days``).
 
 How an hour is kept right (late rows, replays, several daemons writing into one Postgres):
 
@@ -84,6 +86,7 @@ from monitor.models import (
     UTCDateTime,
 )
 from monitor.outcomes import THROTTLED, Outcome
+from monitor.rollup_days import DEFAULT_DAY_ZONES, keep_zones, recompute_days
 
 log = logging.getLogger(__name__)
 
@@ -409,8 +412,11 @@ def _known_counts(conn: Connection, dataset: Dataset, start: datetime, end: date
 # --- recomputing --------------------------------------------------------------------------------------------
 
 
-def _recompute(conn: Connection, dataset: Dataset, start: datetime, end: datetime, now: datetime) -> None:
-    """Replace the rollups of every hour in [start, end) with aggregates of the raw rows, in ``conn``'s txn."""
+def _recompute(
+    conn: Connection, dataset: Dataset, start: datetime, end: datetime, now: datetime, zones: Sequence[str]
+) -> None:
+    """Replace the rollups of every hour in [start, end) with aggregates of the raw rows, in ``conn``'s txn,
+    and the daily rollups of every day of ``zones`` holding one of those hours (``monitor.rollup_days``)."""
     hours = cast(Table, RollupHourRow.__table__)
     outcomes = cast(Table, OutcomeHourlyRow.__table__)
     # Deleting first also takes SQLite's write lock before anything is read.
@@ -436,6 +442,7 @@ def _recompute(conn: Connection, dataset: Dataset, start: datetime, end: datetim
             select(literal(dataset), sub.c.hour, func.count(), literal(now, UTCDateTime())).group_by(sub.c.hour),
         )
     )
+    recompute_days(conn, dataset, zones, start, end)
 
 
 def _outcome_rollup(conn: Connection, inner: Subquery, *, source_col: ColumnElement[str]) -> None:
@@ -647,7 +654,9 @@ def _now(now: datetime | None) -> datetime:
     return now.astimezone(UTC)
 
 
-def _refresh_dataset(engine: Engine, dataset: Dataset, now: datetime, overlap: timedelta) -> DatasetReport:
+def _refresh_dataset(
+    engine: Engine, dataset: Dataset, now: datetime, overlap: timedelta, zones: Sequence[str]
+) -> DatasetReport:
     state = _load_state(engine, dataset, now)
     raw = _raw_table(dataset)
     with engine.connect() as conn:
@@ -669,33 +678,44 @@ def _refresh_dataset(engine: Engine, dataset: Dataset, now: datetime, overlap: t
             changed += [h for h in actual.keys() | known.keys() if actual.get(h, 0) != known.get(h, 0)]
     for start, end in _runs(changed, 0, CHUNK_HOURS):
         with _write_txn(engine) as conn:
-            _recompute(conn, dataset, start, end, now)
+            _recompute(conn, dataset, start, end, now, zones)
     _advance_state(engine, dataset, state, max_id, now, overlap)
     return DatasetReport(dataset, state.safe_id, max_id, len(candidates), len(changed), len(too_old))
 
 
-def _refresh_locked(engine: Engine, now: datetime, overlap: timedelta) -> RollupReport:
+def _refresh_locked(engine: Engine, now: datetime, overlap: timedelta, day_zones: Iterable[str]) -> RollupReport:
     started = time.monotonic()
-    reports = tuple(_refresh_dataset(engine, dataset, now, overlap) for dataset in DATASETS)
+    with _write_txn(engine) as conn:
+        zones = keep_zones(conn, day_zones, now)
+    reports = tuple(_refresh_dataset(engine, dataset, now, overlap, zones) for dataset in DATASETS)
     return RollupReport(now, time.monotonic() - started, reports)
 
 
 def refresh_rollups(
-    engine: Engine, *, now: datetime | None = None, overlap: timedelta = DEFAULT_OVERLAP, wait: bool = False
+    engine: Engine,
+    *,
+    now: datetime | None = None,
+    overlap: timedelta = DEFAULT_OVERLAP,
+    wait: bool = False,
+    day_zones: Iterable[str] = DEFAULT_DAY_ZONES,
 ) -> RollupReport:
-    """Bring every hourly rollup up to date with the raw tables (idempotent; see the module docstring).
+    """Bring every hourly and daily rollup up to date with the raw tables (idempotent; see the module docstring).
 
-    ``now`` is the refresh time used for the overlap bookkeeping. When another refresh is running (another
-    thread, or another daemon on the same Postgres) this returns at once with ``skipped`` set, unless ``wait``.
+    ``now`` is the refresh time used for the overlap bookkeeping. ``day_zones`` are zones whose daily rollups
+    must be kept (a zone not kept yet is built from the hourly rollups first; zones kept earlier stay kept, see
+    ``monitor.rollup_days``). When another refresh is running (another thread, or another daemon on the same
+    Postgres) this returns at once with ``skipped`` set, unless ``wait``.
     """
     at = _now(now)
     with _exclusive(engine, wait=wait) as acquired:
         if not acquired:
             return RollupReport(at, 0.0, skipped="another rollup refresh is running")
-        return _refresh_locked(engine, at, overlap)
+        return _refresh_locked(engine, at, overlap, day_zones)
 
 
-def prune_raw(engine: Engine, retention_days: int, now: datetime | None = None) -> PruneReport:
+def prune_raw(
+    engine: Engine, retention_days: int, now: datetime | None = None, day_zones: Iterable[str] = DEFAULT_DAY_ZONES
+) -> PruneReport:
     """Delete raw probe results and usage events older than ``retention_days`` (whole UTC hours); rollups stay.
 
     Rollups are refreshed first, so every raw row deleted has been rolled up; the pruned hours are then never
@@ -707,7 +727,7 @@ def prune_raw(engine: Engine, retention_days: int, now: datetime | None = None) 
     cutoff = floor_hour(at - timedelta(days=retention_days))
     deleted: dict[str, int] = {}
     with _exclusive(engine, wait=True):
-        report = _refresh_locked(engine, at, DEFAULT_OVERLAP)
+        report = _refresh_locked(engine, at, DEFAULT_OVERLAP, day_zones)
         state = cast(Table, RollupStateRow.__table__)
         with engine.begin() as conn:
             conn.execute(
@@ -730,7 +750,9 @@ def prune_raw(engine: Engine, retention_days: int, now: datetime | None = None) 
     return PruneReport(cutoff, deleted, report)
 
 
-def rebuild_rollups(engine: Engine, *, now: datetime | None = None) -> RollupReport:
+def rebuild_rollups(
+    engine: Engine, *, now: datetime | None = None, day_zones: Iterable[str] = DEFAULT_DAY_ZONES
+) -> RollupReport:
     """Recompute every rollup from the raw rows still kept (after a fix to the rollup code, say).
 
     Hours before the last prune's cutoff keep their rollups: their raw rows are gone.
@@ -746,4 +768,4 @@ def rebuild_rollups(engine: Engine, *, now: datetime | None = None) -> RollupRep
                 hours = cast(Table, RollupHourRow.__table__)
                 stmt = delete(hours).where(hours.c.dataset == dataset)
                 conn.execute(stmt if floor is None else stmt.where(hours.c.hour >= floor))
-        return _refresh_locked(engine, at, DEFAULT_OVERLAP)
+        return _refresh_locked(engine, at, DEFAULT_OVERLAP, day_zones)

@@ -148,9 +148,17 @@ def zone_of(zone: str | ZoneInfo) -> ZoneInfo:
 def conditions(
     table: Table, filters: Filters, *, apps: bool = False, sources: bool = False
 ) -> list[ColumnElement[bool]]:
-    """WHERE conditions selecting ``filters`` from a rollup table (``apps``/``sources``: apply those too)."""
+    """WHERE conditions selecting ``filters`` from an hourly rollup table (``apps``/``sources``: apply those too)."""
     c = table.c
-    out: list[ColumnElement[bool]] = [c.hour >= filters.start, c.hour < filters.end]
+    return [c.hour >= filters.start, c.hour < filters.end, *selections(table, filters, apps=apps, sources=sources)]
+
+
+def selections(
+    table: Table, filters: Filters, *, apps: bool = False, sources: bool = False
+) -> list[ColumnElement[bool]]:
+    """The conditions of ``filters`` other than time (providers, models, vantages; ``apps``/``sources`` too)."""
+    c = table.c
+    out: list[ColumnElement[bool]] = []
     for name, values in (("provider", filters.providers), ("model", filters.models), ("vantage", filters.vantages)):
         if values:
             out.append(c[name].in_(values))
@@ -173,6 +181,11 @@ def local_midnight(days: pd.Series, zone: ZoneInfo) -> pd.Series:
     """Local midnight (tz-aware) of each ``date`` in ``zone``."""
     naive = pd.to_datetime(days)
     return naive.dt.tz_localize(zone, nonexistent="shift_forward", ambiguous=False)
+
+
+def day_index(day: date) -> int:
+    """The day number (days since 1970-01-01) of a date: the inverse of ``day_of_index``."""
+    return (day - _EPOCH).days
 
 
 def day_of_index(index: int) -> date:

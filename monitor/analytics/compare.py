@@ -56,7 +56,7 @@ def compare_providers(db: Db, filters: Filters, *, catalog: PriceCatalog | None 
     """
     with connect(db) as conn:
         frame = load_probe_hours(
-            conn, filters, ["ttft_ms", "total_ms", "tokens_per_s"], "requests", "http_429", "throttled"
+            conn, filters, ["ttft_ms", "total_ms", "tokens_per_s"], "requests", "http_429", "throttled", days="any"
         )
     if frame.empty:
         return empty(COMPARE_COLUMNS)

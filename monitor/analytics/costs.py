@@ -30,7 +30,7 @@ from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
 import pandas as pd
-from sqlalchemy import Connection, Table, func, select
+from sqlalchemy import Connection, Subquery, Table, func, select
 
 from monitor.analytics._base import (
     DEFAULT_ZONE,
@@ -38,6 +38,7 @@ from monitor.analytics._base import (
     Filters,
     conditions,
     connect,
+    day_index,
     day_index_exprs,
     day_of_index,
     empty,
@@ -45,8 +46,9 @@ from monitor.analytics._base import (
     read_frame,
     zone_of,
 )
+from monitor.analytics._days import day_conditions, split_days
 from monitor.fx import Rate, RateBook, default_rates
-from monitor.models import FxRateRow, UsageHourlyRow
+from monitor.models import FxRateRow, UsageDailyRow, UsageHourlyRow
 from monitor.money import CURRENCIES, Currency
 from monitor.pricing import PriceCatalog, default_catalog
 from monitor.rollup import COST_SCALE
@@ -183,21 +185,43 @@ def _discount(catalog: PriceCatalog) -> _CacheDiscount:
 
 
 def _daily_frame(conn: Connection, filters: Filters, zone: ZoneInfo, dims: Sequence[str]) -> pd.DataFrame:
-    """Usage rollup sums per (local day, UTC day, provider, model, dims), summed in SQL; integer columns exact."""
-    t = cast(Table, UsageHourlyRow.__table__)
-    local_day, utc_day = day_index_exprs(conn, t.c.hour, zone, filters.start, filters.end)
+    """Usage rollup sums per (local day, UTC day, provider, model, dims), summed in SQL; integer columns exact.
+
+    Whole local days come from ``rollup_usage_daily`` when ``zone`` is kept, the rest from the hourly rollup
+    (``monitor.analytics._days``); a (local day, UTC day, key) may then appear in two rows, which the callers sum.
+    """
     measures = [*_COUNTS, *_UNITS.values()]
     keys = ["provider", "model", *dims]
-    inner = (
-        select(
+    names = ["local_day", "utc_day", *keys, *measures]
+
+    def summed(inner: Subquery) -> pd.DataFrame:
+        group = [inner.c.local_day, inner.c.utc_day, *(inner.c[k] for k in keys)]
+        stmt = select(*group, *(func.sum(inner.c[m]).label(m) for m in measures)).group_by(*group)
+        return read_frame(conn, stmt, names)
+
+    def hours(part: Filters) -> pd.DataFrame:
+        t = cast(Table, UsageHourlyRow.__table__)
+        local_day, utc_day = day_index_exprs(conn, t.c.hour, zone, part.start, part.end)
+        inner = select(
             local_day.label("local_day"), utc_day.label("utc_day"), *(t.c[k] for k in keys), *(t.c[m] for m in measures)
-        )
-        .where(*conditions(t, filters, apps=True, sources=True))
-        .subquery()
-    )
-    group = [inner.c.local_day, inner.c.utc_day, *(inner.c[k] for k in keys)]
-    stmt = select(*group, *(func.sum(inner.c[m]).label(m) for m in measures)).group_by(*group)
-    frame = read_frame(conn, stmt, ["local_day", "utc_day", *keys, *measures])
+        ).where(*conditions(t, part, apps=True, sources=True))
+        return summed(inner.subquery())
+
+    split = split_days(conn, filters, zone)
+    parts = [hours(part) for part in split.hours]
+    if split.zone is not None:
+        d = cast(Table, UsageDailyRow.__table__)
+        inner = select(
+            d.c.day.label("local_day"), d.c.utc_day, *(d.c[k] for k in keys), *(d.c[m] for m in measures)
+        ).where(*day_conditions(d, filters, split, apps=True, sources=True))
+        days = summed(inner.subquery())
+        for name in ("local_day", "utc_day"):
+            days[name] = days[name].map(day_index)
+        parts.append(days)
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return empty(names)
+    frame = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
     for name in ["local_day", "utc_day", *measures]:
         frame[name] = numbers(frame[name])
     return frame
@@ -246,7 +270,9 @@ def _aggregate(
             sums.counts[name] += int(value)
 
     units = list(_UNITS.values())
-    money = frame.groupby([*key, "day"], sort=False, dropna=False)[units].sum().reset_index()
+    # Sorted, so that inexact conversions (28 significant digits) add up in the same order however the rows
+    # were read (daily or hourly rollups).
+    money = frame.groupby([*key, "day"], sort=True, dropna=False)[units].sum().reset_index()
     for row in money.itertuples(index=False, name=None):
         sums = sums_of(row)
         day = row[width]
@@ -264,7 +290,7 @@ def _aggregate(
     if discount is not None:
         cached = frame[frame["cached_input_tokens"] > 0]
         extra = [c for c in ("provider", "model") if c not in key]
-        per_price = cached.groupby([*key, *extra, "day", "utc_day"], sort=False, dropna=False)
+        per_price = cached.groupby([*key, *extra, "day", "utc_day"], sort=True, dropna=False)
         for row in per_price["cached_input_tokens"].sum().reset_index().itertuples(index=False, name=None):
             named = dict(zip([*key, *extra, "day", "utc_day", "tokens"], row, strict=True))
             unit = discount.per_token(named["provider"], named["model"], day_of_index(named["utc_day"]))

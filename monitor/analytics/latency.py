@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import cast
+from typing import Literal, cast
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -30,8 +30,9 @@ from monitor.analytics._base import (
     time_column,
     zone_of,
 )
+from monitor.analytics._days import day_conditions, split_days
 from monitor.analytics._hist import METRIC_COLUMNS, METRICS, FloatArray, Metric, summarize
-from monitor.models import ProbeHourlyRow
+from monitor.models import ProbeDailyRow, ProbeHourlyRow
 
 __all__ = [
     "LATENCY_COLUMNS",
@@ -60,15 +61,46 @@ PEAK_COLUMNS = (
 )
 
 
-def load_probe_hours(conn: Connection, filters: Filters, metrics: Sequence[Metric], *extra: str) -> pd.DataFrame:
-    """The ``rollup_probe_hourly`` rows selected by ``filters``: keys, ``extra`` columns and each metric's columns."""
-    t = cast(Table, ProbeHourlyRow.__table__)
+def load_probe_hours(
+    conn: Connection,
+    filters: Filters,
+    metrics: Sequence[Metric],
+    *extra: str,
+    days: ZoneInfo | Literal["any"] | None = None,
+) -> pd.DataFrame:
+    """The probe rollup rows selected by ``filters``: ``hour``, keys, ``extra`` columns and each metric's columns.
+
+    With ``days`` (a zone, or ``"any"`` when only totals over the range matter) the whole local days of the
+    range come from ``rollup_probe_daily``, one row per day with ``hour`` set to the day's first UTC hour, and
+    only the partial days from ``rollup_probe_hourly`` (see ``monitor.analytics._days``): the same sums and
+    merged histograms per local day, from far fewer rows. ``extra`` columns must then exist in both tables.
+    """
+    hourly = cast(Table, ProbeHourlyRow.__table__)
     names = ["hour", "provider", "model", "vantage", *extra]
     for metric in metrics:
         names += METRIC_COLUMNS[metric]
     times = [n for n in ("hour", "last_ts") if n in names]
-    columns = [time_column(conn, t.c[n]) if n in times else t.c[n] for n in names]
-    return read_frame(conn, select(*columns).where(*conditions(t, filters)), names, times)
+
+    def read_hours(part: Filters) -> pd.DataFrame:
+        columns = [time_column(conn, hourly.c[n]) if n in times else hourly.c[n] for n in names]
+        return read_frame(conn, select(*columns).where(*conditions(hourly, part)), names, times)
+
+    if days is None:
+        return read_hours(filters)
+    split = split_days(conn, filters, None if days == "any" else days)
+    parts = [read_hours(part) for part in split.hours]
+    if split.zone is not None:
+        daily = cast(Table, ProbeDailyRow.__table__)
+        day_names = ["day", *names[1:]]
+        stmt = select(*(daily.c[n] for n in day_names)).where(*day_conditions(daily, filters, split))
+        frame = read_frame(conn, stmt, day_names)
+        if not frame.empty:
+            frame.insert(0, "hour", split.first_hours(frame.pop("day")))
+            parts.append(frame)
+    parts = [p for p in parts if not p.empty]
+    if not parts:
+        return empty(names)
+    return parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
 
 
 def latency_percentiles(
@@ -92,7 +124,7 @@ def latency_percentiles(
         raise ValueError(f"cannot group latency by {', '.join(bad)}; choose from {', '.join(_TARGET_DIMS)}")
     tz = zone_of(zone)
     with connect(db) as conn:
-        frame = load_probe_hours(conn, filters, metrics)
+        frame = load_probe_hours(conn, filters, metrics, days=tz if granularity == "day" else None)
     if frame.empty:
         return empty(LATENCY_COLUMNS)
     frame["period"] = period_series(frame["hour"], granularity, tz)

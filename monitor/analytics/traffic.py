@@ -3,7 +3,8 @@
 Probes and real traffic are kept apart (``traffic``): probe figures come from ``rollup_probe_hourly`` and the
 ``probe`` rows of ``rollup_outcome_hourly`` (both built from ``probe_results``); real-traffic figures from the
 ``transport`` / ``proxy`` rows of ``rollup_usage_hourly`` and ``rollup_outcome_hourly``. Everything is summed in
-SQL per period, so the cost depends on the rolled-up hours read, not on raw row counts.
+SQL per period (whole local days from the daily rollups, see ``monitor.analytics._days``), so the cost depends
+on the rolled-up rows read, not on raw row counts.
 """
 
 from __future__ import annotations
@@ -16,8 +17,16 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Table
 
-from monitor.analytics._base import DEFAULT_ZONE, Db, Filters, Granularity, connect, empty, grouped, ratio, zone_of
-from monitor.models import OutcomeHourlyRow, ProbeHourlyRow, UsageHourlyRow
+from monitor.analytics._base import DEFAULT_ZONE, Db, Filters, Granularity, connect, empty, ratio, zone_of
+from monitor.analytics._days import grouped
+from monitor.models import (
+    OutcomeDailyRow,
+    OutcomeHourlyRow,
+    ProbeDailyRow,
+    ProbeHourlyRow,
+    UsageDailyRow,
+    UsageHourlyRow,
+)
 
 __all__ = ["REAL_SOURCES", "Traffic", "outcome_breakdown", "throttle_rates"]
 
@@ -79,6 +88,7 @@ def throttle_rates(
                 conn,
                 cast(Table, ProbeHourlyRow.__table__),
                 filters,
+                daily=cast(Table, ProbeDailyRow.__table__),
                 granularity=granularity,
                 zone=tz,
                 dims=dims,
@@ -91,16 +101,16 @@ def throttle_rates(
             sources = _real_sources(filters)
             if not sources:
                 return empty(columns)
-            t = cast(Table, UsageHourlyRow.__table__)
             frame = grouped(
                 conn,
-                t,
+                cast(Table, UsageHourlyRow.__table__),
                 filters,
+                daily=cast(Table, UsageDailyRow.__table__),
                 granularity=granularity,
                 zone=tz,
                 dims=[*dims, "source"],
                 sums=sums,
-                where=[t.c.source.in_(sources)],
+                only={"source": sources},
                 apps=True,
             )
     if frame.empty:
@@ -136,24 +146,23 @@ def outcome_breakdown(
     dims = _check_by(by, traffic)
     head = ([] if granularity is None else ["period"]) + dims
     columns = [*head, *_BREAKDOWN_TAIL]
-    t = cast(Table, OutcomeHourlyRow.__table__)
     if traffic == "probe":
-        where = [t.c.source == "probe"]
+        sources: tuple[str, ...] = ("probe",)
     else:
         sources = _real_sources(filters)
         if not sources:
             return empty(columns)
-        where = [t.c.source.in_(sources)]
     with connect(db) as conn:
         frame = grouped(
             conn,
-            t,
+            cast(Table, OutcomeHourlyRow.__table__),
             filters,
+            daily=cast(Table, OutcomeDailyRow.__table__),
             granularity=granularity,
             zone=zone_of(zone),
             dims=[*dims, "source", "outcome", "error_code"],
             sums=["requests", "http_429"],
-            where=where,
+            only={"source": sources},
             apps=traffic == "real",
         )
     if frame.empty:
