@@ -169,7 +169,7 @@ def grouped(
     if group:
         stmt = stmt.group_by(*group)
     names = [*keys, *sums, *maxes]
-    days = read_frame(conn, stmt, names)
+    days = read_frame(conn, stmt, names, dates=["period"] if granularity == "day" else [])
     if not days.empty and not (not keys and days.iloc[0].isna().all()):
         for s in sums:
             days[s] = numbers(days[s])

@@ -20,15 +20,18 @@ Amounts are exact ``Decimal`` (round for display: yen to 0 places, USD and CNY t
 
 from __future__ import annotations
 
+import itertools
 import threading
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 from sqlalchemy import Connection, Subquery, Table, func, select
 
@@ -43,6 +46,7 @@ from monitor.analytics._base import (
     day_of_index,
     empty,
     numbers,
+    ratio,
     read_frame,
     zone_of,
 )
@@ -110,15 +114,6 @@ def load_rate_book(conn: Connection, defaults: dict[Currency, Decimal] | None = 
     rows = conn.execute(select(FxRateRow.day, FxRateRow.base, FxRateRow.rate, FxRateRow.source)).all()
     rates = [Rate(cast(Currency, base), Decimal(rate), day, source) for day, base, rate, source in rows]
     return RateBook(rates, defaults or default_rates())
-
-
-@dataclass(slots=True)
-class _Sums:
-    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(_COUNTS, 0))
-    billed: dict[Currency, Decimal] = field(default_factory=lambda: dict.fromkeys(CURRENCIES, _ZERO))
-    total: dict[Currency, Decimal] = field(default_factory=lambda: dict.fromkeys(CURRENCIES, _ZERO))
-    savings: dict[Currency, Decimal] = field(default_factory=lambda: dict.fromkeys(CURRENCIES, _ZERO))
-    rates: dict[Currency, set[Rate]] = field(default_factory=lambda: {"USD": set(), "CNY": set()})
 
 
 class _Converter:
@@ -194,10 +189,10 @@ def _daily_frame(conn: Connection, filters: Filters, zone: ZoneInfo, dims: Seque
     keys = ["provider", "model", *dims]
     names = ["local_day", "utc_day", *keys, *measures]
 
-    def summed(inner: Subquery) -> pd.DataFrame:
+    def summed(inner: Subquery, dates: Sequence[str] = ()) -> pd.DataFrame:
         group = [inner.c.local_day, inner.c.utc_day, *(inner.c[k] for k in keys)]
         stmt = select(*group, *(func.sum(inner.c[m]).label(m) for m in measures)).group_by(*group)
-        return read_frame(conn, stmt, names)
+        return read_frame(conn, stmt, names, dates=dates)
 
     def hours(part: Filters) -> pd.DataFrame:
         t = cast(Table, UsageHourlyRow.__table__)
@@ -214,7 +209,7 @@ def _daily_frame(conn: Connection, filters: Filters, zone: ZoneInfo, dims: Seque
         inner = select(
             d.c.day.label("local_day"), d.c.utc_day, *(d.c[k] for k in keys), *(d.c[m] for m in measures)
         ).where(*day_conditions(d, filters, split, apps=True, sources=True))
-        days = summed(inner.subquery())
+        days = summed(inner.subquery(), dates=["local_day", "utc_day"])
         for name in ("local_day", "utc_day"):
             days[name] = days[name].map(day_index)
         parts.append(days)
@@ -235,6 +230,51 @@ def _period_start(day: date, period: CostPeriod, first: date) -> date:
     return first
 
 
+def _objects(values: Any, n: int) -> npt.NDArray[np.object_]:
+    out = np.empty(n, dtype=object)
+    out[:] = list(values)
+    return out
+
+
+def _group_sums(
+    values: npt.NDArray[np.object_], gid: npt.NDArray[np.integer[Any]], groups: int
+) -> npt.NDArray[np.object_]:
+    """Sums of ``values`` per group id (ids 0..groups-1, rows sorted by id)."""
+    if len(values) == groups:  # one row per group (costs per day): nothing to add
+        return values
+    return np.asarray(pd.Series(values).groupby(gid).sum().to_numpy(), dtype=object)
+
+
+def _zeros(n: int) -> npt.NDArray[np.object_]:
+    return _objects([_ZERO] * n, n)
+
+
+@dataclass(frozen=True, slots=True)
+class _RateInfo:
+    usd_jpy: Decimal | None
+    cny_jpy: Decimal | None
+    fx_day: date | None
+    fx_rates: str
+
+
+def _single(rates: set[Rate]) -> Decimal | None:
+    values = {r.rate for r in rates}
+    return next(iter(values)) if len(values) == 1 else None
+
+
+def _rate_info(days: tuple[date, ...], converter: _Converter) -> _RateInfo:
+    """The rates a row converted with on ``days``: each base's single rate (None if it varied), latest day, text."""
+    used = {base: {converter.rate(base, d) for d in days} for base in _RATE_BASES}
+    every = used["USD"] | used["CNY"]
+    known = [r.day for r in every if r.day is not None]
+    return _RateInfo(
+        _single(used["USD"]),
+        _single(used["CNY"]),
+        max(known) if known else None,
+        "; ".join(sorted({r.describe() for r in every})),
+    )
+
+
 def _aggregate(
     frame: pd.DataFrame,
     *,
@@ -243,69 +283,87 @@ def _aggregate(
     first_day: date,
     converter: _Converter,
     discount: _CacheDiscount | None,
-) -> dict[tuple[Any, ...], _Sums]:
-    """Per (period, ``by``): exact integer sums first (pandas), then Decimal conversions per local day."""
-    groups: dict[tuple[Any, ...], _Sums] = {}
+) -> pd.DataFrame:
+    """One row per (``period``, ``by``), sorted: exact integer sums (pandas), then Decimal conversions per day.
+
+    Columns: the keys, ``_COUNTS``, ``billed_*``, ``usd``/``cny``/``jpy``, ``savings_*`` (Decimal, exact up to
+    Decimal's 28 significant digits) and ``rates`` (``_RateInfo``). Conversions run on object arrays, one
+    element per (key, local day) and currency, in (key, day) order, so the same rows always add up alike.
+    """
+    key = ["period", *by]
     if frame.empty:
-        return groups
+        return pd.DataFrame(columns=key)
     days = {int(i): day_of_index(int(i)) for i in frame["local_day"].unique()}
     frame = frame.assign(
         day=frame["local_day"].map(days),
         period=frame["local_day"].map({i: _period_start(d, period, first_day) for i, d in days.items()}),
     )
-    key = ["period", *by]
-    width = len(key)
-
-    def sums_of(row: tuple[Any, ...]) -> _Sums:
-        k = tuple(row[:width])
-        found = groups.get(k)
-        if found is None:
-            found = groups[k] = _Sums()
-        return found
-
-    counts = frame.groupby(key, sort=False, dropna=False)[list(_COUNTS)].sum().reset_index()
-    for row in counts.itertuples(index=False, name=None):
-        sums = sums_of(row)
-        for name, value in zip(_COUNTS, row[width:], strict=True):
-            sums.counts[name] += int(value)
-
+    out = frame.groupby(key, sort=True, dropna=False)[list(_COUNTS)].sum()
     units = list(_UNITS.values())
-    # Sorted, so that inexact conversions (28 significant digits) add up in the same order however the rows
-    # were read (daily or hourly rollups).
     money = frame.groupby([*key, "day"], sort=True, dropna=False)[units].sum().reset_index()
-    for row in money.itertuples(index=False, name=None):
-        sums = sums_of(row)
-        day = row[width]
-        for base in _RATE_BASES:
-            sums.rates[base].add(converter.rate(base, day))
-        for currency, value in zip(_UNITS, row[width + 1 :], strict=True):
-            if not value:
-                continue
-            src = cast(Currency, currency)
-            amount = Decimal(int(value)) / COST_SCALE
-            sums.billed[src] += amount
+    gid = money.groupby(key, sort=True, dropna=False).ngroup().to_numpy()
+    n = len(money)
+    day_of_row = money["day"].to_numpy(dtype=object)
+    unique_days = list(dict.fromkeys(day_of_row))
+    totals = {dst: _zeros(n) for dst in CURRENCIES}
+    for currency, column in _UNITS.items():
+        src = cast(Currency, currency)
+        values = money[column].to_numpy()
+        amounts = _zeros(n)
+        nz = np.flatnonzero(values)
+        if len(nz):
+            amounts[nz] = _objects((Decimal(int(v)) for v in values[nz]), len(nz)) / COST_SCALE
             for dst in CURRENCIES:
-                sums.total[dst] += amount * converter.factor(day, src, dst)
-
+                factor = {d: converter.factor(d, src, dst) for d in unique_days}
+                totals[dst][nz] = totals[dst][nz] + amounts[nz] * _objects(
+                    map(factor.__getitem__, day_of_row[nz]), len(nz)
+                )
+        out[f"billed_{currency.lower()}"] = _group_sums(amounts, gid, len(out))
+    for dst in CURRENCIES:
+        out[dst.lower()] = _group_sums(totals[dst], gid, len(out))
+    # Rows are sorted by key, then day: each group's days are one slice.
+    bounds = [0, *(np.flatnonzero(np.diff(gid)) + 1).tolist(), n]
+    day_list = day_of_row.tolist()
+    infos: dict[tuple[date, ...], _RateInfo] = {}
+    rates = []
+    for a, b in itertools.pairwise(bounds):
+        t = tuple(day_list[a:b])
+        rates.append(infos.get(t) or infos.setdefault(t, _rate_info(t, converter)))
+    out["rates"] = pd.Series(rates, index=out.index, dtype=object)
+    for dst in CURRENCIES:
+        out[f"savings_{dst.lower()}"] = _zeros(len(out))
     if discount is not None:
-        cached = frame[frame["cached_input_tokens"] > 0]
-        extra = [c for c in ("provider", "model") if c not in key]
-        per_price = cached.groupby([*key, *extra, "day", "utc_day"], sort=True, dropna=False)
-        for row in per_price["cached_input_tokens"].sum().reset_index().itertuples(index=False, name=None):
-            named = dict(zip([*key, *extra, "day", "utc_day", "tokens"], row, strict=True))
-            unit = discount.per_token(named["provider"], named["model"], day_of_index(named["utc_day"]))
-            if unit is None or not unit[0]:
-                continue
-            saved = int(named["tokens"]) * unit[0]
-            sums = sums_of(row)
-            for dst in CURRENCIES:
-                sums.savings[dst] += saved * converter.factor(named["day"], unit[1], dst)
-    return groups
+        _add_savings(out, frame, key, converter, discount)
+    return out.reset_index()
 
 
-def _single(rates: set[Rate]) -> Decimal | None:
-    values = {r.rate for r in rates}
-    return next(iter(values)) if len(values) == 1 else None
+def _add_savings(
+    out: pd.DataFrame, frame: pd.DataFrame, key: list[str], converter: _Converter, discount: _CacheDiscount
+) -> None:
+    """Fill ``out``'s ``savings_*``: cached tokens x (input - cached input price) of their UTC day, converted."""
+    cached = frame[frame["cached_input_tokens"] > 0]
+    if cached.empty:
+        return
+    extra = [c for c in ("provider", "model") if c not in key]
+    rows = cached.groupby([*key, *extra, "day", "utc_day"], sort=True, dropna=False)["cached_input_tokens"]
+    per = rows.sum().reset_index()
+    triples = list(zip(per["provider"].tolist(), per["model"].tolist(), per["utc_day"].tolist(), strict=True))
+    unit_of = {t: discount.per_token(t[0], t[1], day_of_index(int(t[2]))) for t in set(triples)}
+    units = [unit_of[t] for t in triples]
+    keep = np.flatnonzero([u is not None and bool(u[0]) for u in units])
+    if not len(keep):
+        return
+    per = per.iloc[keep].reset_index(drop=True)
+    kept = [cast(tuple[Decimal, Currency], units[i]) for i in keep]
+    tokens = per["cached_input_tokens"].tolist()
+    saved = _objects((int(t) * u[0] for t, u in zip(tokens, kept, strict=True)), len(per))
+    days = per["day"].tolist()
+    index = pd.MultiIndex.from_frame(per[key]) if len(key) > 1 else pd.Index(per[key[0]])
+    for dst in CURRENCIES:
+        factors = _objects((converter.factor(d, u[1], dst) for d, u in zip(days, kept, strict=True)), len(per))
+        summed = pd.Series(saved * factors, index=index).groupby(level=list(range(len(key)))).sum()
+        column = f"savings_{dst.lower()}"
+        out.loc[summed.index, column] = summed.to_numpy()
 
 
 def costs(
@@ -339,7 +397,7 @@ def costs(
             return empty(cost_columns(by))
         book = book or load_rate_book(conn)
     first_day = filters.start.astimezone(tz).date()
-    groups = _aggregate(
+    table = _aggregate(
         frame,
         period=period,
         by=by,
@@ -347,34 +405,26 @@ def costs(
         converter=_Converter(book),
         discount=_discount(catalog or default_catalog()),
     )
-    records = []
-    for key in sorted(groups):
-        sums = groups[key]
-        used = sums.rates["USD"] | sums.rates["CNY"]
-        days = [r.day for r in used if r.day is not None]
-        input_tokens = sums.counts["input_tokens"]
-        records.append(
-            {
-                "period": key[0],
-                **dict(zip(by, key[1:], strict=True)),
-                **sums.counts,
-                "billed_usd": sums.billed["USD"],
-                "billed_cny": sums.billed["CNY"],
-                "billed_jpy": sums.billed["JPY"],
-                "jpy": sums.total["JPY"],
-                "usd": sums.total["USD"],
-                "cny": sums.total["CNY"],
-                "usd_jpy": _single(sums.rates["USD"]),
-                "cny_jpy": _single(sums.rates["CNY"]),
-                "fx_day": max(days) if days else None,
-                "fx_rates": "; ".join(sorted({r.describe() for r in used})),
-                "cache_hit_ratio": sums.counts["cached_input_tokens"] / input_tokens if input_tokens else float("nan"),
-                "cache_savings_jpy": sums.savings["JPY"],
-                "cache_savings_usd": sums.savings["USD"],
-                "cache_savings_cny": sums.savings["CNY"],
-            }
-        )
-    return pd.DataFrame.from_records(records, columns=cost_columns(by))
+    rates: list[_RateInfo] = table["rates"].tolist()
+    out = table[["period", *by, *_COUNTS]].copy()
+    for currency in ("usd", "cny", "jpy"):
+        out[f"billed_{currency}"] = table[f"billed_{currency}"]
+    for currency in ("jpy", "usd", "cny"):
+        out[currency] = table[currency]
+
+    def of_rates(values: list[Any]) -> pd.Series:
+        return pd.Series(values, index=out.index, dtype=object)
+
+    out["usd_jpy"] = of_rates([r.usd_jpy for r in rates])
+    out["cny_jpy"] = of_rates([r.cny_jpy for r in rates])
+    out["fx_day"] = of_rates([r.fx_day for r in rates])
+    out["fx_rates"] = of_rates([r.fx_rates for r in rates])
+    out["cache_hit_ratio"] = ratio(out["cached_input_tokens"], out["input_tokens"])
+    for currency in ("jpy", "usd", "cny"):
+        out[f"cache_savings_{currency}"] = table[f"savings_{currency}"]
+    for name in _COUNTS:
+        out[name] = out[name].astype("int64")
+    return out[cost_columns(by)].reset_index(drop=True)
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,8 +479,8 @@ def spend_forecast(
 
     def spent(conn: Connection, converter: _Converter, start: datetime) -> tuple[Decimal, bool]:
         frame = _daily_frame(conn, base.with_range(start, at), tz, [])
-        groups = _aggregate(frame, period="total", by=[], first_day=month, converter=converter, discount=None)
-        return sum((s.total[currency] for s in groups.values()), _ZERO), not frame.empty
+        table = _aggregate(frame, period="total", by=[], first_day=month, converter=converter, discount=None)
+        return sum(table[currency.lower()].tolist(), _ZERO) if len(table) else _ZERO, not frame.empty
 
     with connect(db) as conn:
         converter = _Converter(book or load_rate_book(conn))

@@ -93,7 +93,7 @@ def load_probe_hours(
         daily = cast(Table, ProbeDailyRow.__table__)
         day_names = ["day", *names[1:]]
         stmt = select(*(daily.c[n] for n in day_names)).where(*day_conditions(daily, filters, split))
-        frame = read_frame(conn, stmt, day_names)
+        frame = read_frame(conn, stmt, day_names, dates=["day"])
         if not frame.empty:
             frame.insert(0, "hour", split.first_hours(frame.pop("day")))
             parts.append(frame)
