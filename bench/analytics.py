@@ -44,6 +44,8 @@ from sqlalchemy import Connection, Engine, Table, func, select, text
 from sqlalchemy.engine import make_url
 
 from monitor.analytics import (
+    PEAK_SPAN,
+    PROFILE_SPAN,
     Filters,
     Granularity,
     PeakWindow,
@@ -404,8 +406,19 @@ def ranged(label: str, f: Filters, gran: Granularity) -> list[tuple[str, str, Ca
     """The calls of the latency, throttling and costs pages over ``f`` (granularity as the page's "auto")."""
     return [
         (f"latency_percentiles {gran}", label, lambda db: latency_percentiles(db, f, granularity=gran), True),
-        ("latency_profile ttft", label, lambda db: latency_profile(db, f, zone="Asia/Shanghai"), True),
-        ("peak_slowdown ttft", label, lambda db: peak_slowdown(db, f, window=PeakWindow()), True),
+        # The dashboard reads the profile over the last 28 days of the range and the peak ratios over its last 7.
+        (
+            "latency_profile ttft (last 28d)",
+            label,
+            lambda db: latency_profile(db, f.tail(PROFILE_SPAN), zone="Asia/Shanghai"),
+            True,
+        ),
+        (
+            "peak_slowdown ttft (last 7d)",
+            label,
+            lambda db: peak_slowdown(db, f.tail(PEAK_SPAN), window=PeakWindow()),
+            True,
+        ),
         ("compare_providers", label, lambda db: compare_providers(db, f), True),
         (f"throttle_rates probe {gran}", label, lambda db: throttle_rates(db, f, granularity=gran), True),
         (

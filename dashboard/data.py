@@ -160,14 +160,14 @@ def latency(url: str, filters: Filters, granularity: Granularity, zone: str) -> 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def profile(url: str, filters: Filters, zone: str, metric: Metric) -> pd.DataFrame:
-    """``analytics.latency_profile``: ``metric`` by weekday and hour in ``zone``."""
-    return analytics.latency_profile(engine(url), filters, zone=zone, metric=metric)
+    """``analytics.latency_profile`` over the last ``PROFILE_SPAN`` of the range: ``metric`` by weekday and hour."""
+    return analytics.latency_profile(engine(url), filters.tail(analytics.PROFILE_SPAN), zone=zone, metric=metric)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def peak(url: str, filters: Filters, metric: Metric) -> pd.DataFrame:
-    """``analytics.peak_slowdown`` over the selected range (default window 15:00-18:00 Asia/Shanghai)."""
-    return analytics.peak_slowdown(engine(url), filters, window=PeakWindow(), metric=metric)
+    """``analytics.peak_slowdown`` over the last ``PEAK_SPAN`` (7 days) of the range, window 15:00-18:00 CST."""
+    return analytics.peak_slowdown(engine(url), filters.tail(analytics.PEAK_SPAN), window=PeakWindow(), metric=metric)
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

@@ -127,11 +127,15 @@ MESSAGES: dict[str, dict[str, str]] = {
         "latency.hour_of_day": "時刻（{zone}）",
         "latency.weekday": "曜日",
         "latency.hour": "時",
-        "latency.profile_caption": "中国標準時 15:00〜18:00 がプロバイダーの混雑時間帯として知られています。",
+        "latency.profile_caption": (
+            "選択範囲の直近 {days} 日。中国標準時 15:00〜18:00 がプロバイダーの混雑時間帯として知られています。"
+        ),
         "latency.peak": "ピーク時間帯の遅延倍率",
         "latency.peak_help": "ピーク中央値 {peak}（{n_peak}件）/ ピーク外中央値 {off}（{n_off}件）",
         "latency.peak_medians": "ピーク {peak} / ピーク外 {off}",
-        "latency.peak_caption": "倍率 = ピーク時間帯（{window}）の中央値 ÷ それ以外の中央値。",
+        "latency.peak_caption": (
+            "倍率 = 選択範囲の直近 {days} 日の、ピーク時間帯（{window}）の中央値 ÷ それ以外の中央値。"
+        ),
         "latency.peak_speed": "出力速度では 1 未満がピーク時の低下を表します。",
         "latency.compare": "同じモデルのプロバイダー比較",
         "compare.family": "モデル系列",
@@ -331,11 +335,15 @@ MESSAGES: dict[str, dict[str, str]] = {
         "latency.hour_of_day": "Hour of day ({zone})",
         "latency.weekday": "Weekday",
         "latency.hour": "Hour",
-        "latency.profile_caption": "15:00-18:00 China Standard Time is the providers' known busy window.",
+        "latency.profile_caption": (
+            "The last {days} days of the range. 15:00-18:00 China Standard Time is the providers' known busy window."
+        ),
         "latency.peak": "Peak-hour slowdown",
         "latency.peak_help": "Peak median {peak} ({n_peak} samples) / off-peak median {off} ({n_off} samples)",
         "latency.peak_medians": "Peak {peak} / off-peak {off}",
-        "latency.peak_caption": "Ratio = median in the peak window ({window}) ÷ median outside it.",
+        "latency.peak_caption": (
+            "Ratio = median in the peak window ({window}) ÷ median outside it, over the last {days} days of the range."
+        ),
         "latency.peak_speed": "For output speed, below 1 means slower in the peak.",
         "latency.compare": "The same model across providers",
         "compare.family": "Model family",

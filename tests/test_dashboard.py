@@ -187,7 +187,7 @@ def test_latency_page_peak_ratios_equal_peak_slowdown(seeded, monkeypatch, loopb
     at = open_app("en", "latency")
     engine = make_engine(url)
     try:
-        peaks = analytics.peak_slowdown(engine, RANGE)
+        peaks = analytics.peak_slowdown(engine, RANGE.tail(analytics.PEAK_SPAN))
     finally:
         engine.dispose()
     assert len(peaks) == 4

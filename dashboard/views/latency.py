@@ -12,6 +12,8 @@ from monitor.dashboard import data, ui
 from monitor.dashboard import format as fmt
 from monitor.dashboard.i18n import t, weekdays
 
+from monitor import analytics
+
 v = ui.view()
 ui.header(v, "latency.title")
 
@@ -107,7 +109,7 @@ else:
         .properties(height=260)
     )
     st.altair_chart(heat, width="stretch")
-    st.caption(t("latency.profile_caption"))
+    st.caption(t("latency.profile_caption", days=analytics.PROFILE_SPAN.days))
 
 # --- peak slowdown
 st.subheader(t("latency.peak"))
@@ -134,7 +136,7 @@ else:
                 )
                 st.caption(t("latency.peak_medians", peak=show(row.peak_median), off=show(row.offpeak_median)))
     st.caption(
-        t("latency.peak_caption", window=str(peaks["window"].iloc[0]))
+        t("latency.peak_caption", window=str(peaks["window"].iloc[0]), days=analytics.PEAK_SPAN.days)
         + (" " + t("latency.peak_speed") if is_speed else "")
     )
 

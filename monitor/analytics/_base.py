@@ -105,6 +105,10 @@ class Filters:
             sources=tuple(sources),
         )
 
+    def tail(self, duration: timedelta) -> Filters:
+        """The last ``duration`` of the range (the whole range when it is shorter), same selections."""
+        return self.with_range(max(self.start, self.end - duration), self.end)
+
     def with_range(self, start: datetime, end: datetime) -> Filters:
         """The same selections over another time range."""
         return Filters(start, end, self.providers, self.models, self.apps, self.vantages, self.sources)

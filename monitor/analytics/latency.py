@@ -37,13 +37,22 @@ from monitor.models import ProbeDailyRow, ProbeHourlyRow
 __all__ = [
     "LATENCY_COLUMNS",
     "PEAK_COLUMNS",
+    "PEAK_SPAN",
     "PROFILE_COLUMNS",
+    "PROFILE_SPAN",
     "PeakWindow",
     "latency_percentiles",
     "latency_profile",
     "load_probe_hours",
     "peak_slowdown",
 ]
+
+PROFILE_SPAN = timedelta(days=28)
+"""How much of a range the dashboard reads for the weekday x hour profile: four whole weeks give every cell four
+hours of probes, recent enough to show today's busy hours (providers add capacity; months blur them), and the
+profile needs hourly rows, so a longer span would cost time in proportion."""
+PEAK_SPAN = timedelta(days=7)
+"""The peak-slowdown window of the issue: the last 7 days (``peak_slowdown``'s default and the dashboard's)."""
 
 _TARGET_DIMS = ("provider", "model", "vantage")
 LATENCY_COLUMNS = ("period", "provider", "model", "vantage", "metric", "samples", "mean", "p50", "p95", "p99")
@@ -208,6 +217,7 @@ def peak_slowdown(
     window = window or PeakWindow()
     if filters is None:
         filters = Filters.last(timedelta(days=days), now=now or datetime.now(UTC))
+    # Reads hourly rows (peak hours are hours): pass ``filters.tail(PEAK_SPAN)`` for the issue's 7-day ratio.
     tz = zone_of(window.zone)
     with connect(db) as conn:
         frame = load_probe_hours(conn, filters, [metric])
