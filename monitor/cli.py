@@ -76,18 +76,25 @@ def _run_daemon(
 ) -> int:
     """Migrate, optionally backfill, start the dashboard, then probe until signalled; flush before returning."""
     from monitor.daemon import Daemon
-    from monitor.store import describe_url, make_engine, upgrade
+    from monitor.store import describe_url, make_engine, upgrade_or_defer
     from monitor.writer import open_writer
 
-    upgrade(settings.database.url)
+    prepare = upgrade_or_defer(settings.database.url)
     engine = make_engine(settings.database.url)
     if backfill_days:
         from monitor.demo import backfill
 
+        if prepare is not None:
+            prepare()  # a backfill writes straight into the database: it must be there
+
         console.print(f"backfilling {backfill_days:g} days of simulated history ...")
         console.print(f"  {backfill(engine, settings, backfill_days)} events written")
     writer = open_writer(
-        engine, settings.database.url, spool_path=settings.database.spool_path, max_queue=settings.database.max_queue
+        engine,
+        settings.database.url,
+        spool_path=settings.database.spool_path,
+        max_queue=settings.database.max_queue,
+        prepare=prepare,
     )
     daemon = Daemon(settings, engine, writer, environ=environ)
     console.print(f"database: {describe_url(settings.database.url)}; vantage: {settings.vantage}")
@@ -265,11 +272,11 @@ def _probe_table(results: list[ProbeResult]) -> None:
 def cmd_proxy(args: argparse.Namespace) -> int:
     """Run the recording reverse proxy until interrupted; every request is stored as a usage event."""
     from monitor.capture.proxy import serve
-    from monitor.store import describe_url, make_engine, upgrade
+    from monitor.store import describe_url, make_engine, upgrade_or_defer
     from monitor.writer import open_writer
 
     settings = _settings(args)
-    upgrade(settings.database.url)
+    prepare = upgrade_or_defer(settings.database.url)
     engine = make_engine(settings.database.url)
     host = args.host or settings.proxy.host
     port = args.port or settings.proxy.port
@@ -279,8 +286,14 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         for ep in provider.endpoints:
             console.print(f"  http://{host}:{port}/{ep.route}/... -> {ep.base_url}/...", highlight=False)
     writer = open_writer(
-        engine, settings.database.url, spool_path=settings.database.spool_path, max_queue=settings.database.max_queue
+        engine,
+        settings.database.url,
+        spool_path=settings.database.spool_path,
+        max_queue=settings.database.max_queue,
+        prepare=prepare,
     )
+    if prepare is not None:
+        err_console.print("the database is unreachable: recording to the spool until it is back (then migrating it)")
     console.print(f"spool (used while the database is away): {writer.spool.path if writer.spool else '-'}")
     try:
         serve(settings, writer, host, port)

@@ -203,8 +203,12 @@ class Daemon:
         log.info(kv("pruned", retention_days=self.settings.database.retention_days, report=report))
 
     async def _poll_quota(self, plan: CodingPlan) -> None:
-        async with httpx.AsyncClient(verify=_SSL_CONTEXT, timeout=20) as client:
-            result = await poll_quota_async(self.engine, self.settings, plan, client)
+        try:
+            async with httpx.AsyncClient(verify=_SSL_CONTEXT, timeout=20) as client:
+                result = await poll_quota_async(self.engine, self.settings, plan, client)
+        except SQLAlchemyError as exc:
+            log.warning(kv("quota_poll_failed", plan=plan.name, error=type(exc).__name__))
+            return
         log.info(kv("quota_poll", plan=plan.name, status=result.status))
 
     async def _fetch_fx(self) -> None:
@@ -222,8 +226,12 @@ class Daemon:
             .where(ProbeResultRow.vantage == self.settings.vantage)
             .group_by(ProbeResultRow.provider, ProbeResultRow.model)
         )
-        with self.engine.connect() as conn:
-            rows = conn.execute(q).all()
+        try:
+            with self.engine.connect() as conn:
+                rows = conn.execute(q).all()
+        except SQLAlchemyError as exc:  # the database is away (or not migrated yet): probes are spooled meanwhile
+            log.warning(kv("last_probes_unknown", error=type(exc).__name__))
+            return {}
         return {f"probe:{p}:{m}": ts for p, m, ts in rows if ts is not None}
 
     def describe_schedule(self) -> list[str]:

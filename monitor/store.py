@@ -7,14 +7,15 @@ from __future__ import annotations
 
 import importlib.util
 import logging
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from monitor.errors import StoreError
@@ -120,6 +121,47 @@ def upgrade(url: str, revision: str = "head") -> None:
         command.upgrade(alembic_config(url), revision)
     except SQLAlchemyError as exc:
         raise StoreError(f"could not migrate database {describe_url(url)}: {exc.__class__.__name__}: {exc}") from exc
+
+
+def unreachable(exc: BaseException) -> bool:
+    """Whether ``exc`` (or the error it wraps) says the database could not be reached or used right now
+    (refused connection, server gone, locked file), as opposed to a problem with the schema or the request."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, (OperationalError, InterfaceError)):
+            return True
+        seen = seen.__cause__
+    return False
+
+
+def upgrade_or_defer(url: str) -> Callable[[], None] | None:
+    """Bring ``url`` to the newest revision now; if the database cannot be reached, return a step that does it
+    later (None when done now).
+
+    Give the step to ``EventWriter(prepare=...)``: a daemon, proxy or SDK started while the database is away then
+    records into the spool and, once the database answers, migrates it before replaying. Other failures (a
+    broken schema, a revision we do not know) raise ``StoreError`` at once.
+    """
+    try:
+        upgrade(url)
+        return None
+    except StoreError as exc:
+        if not unreachable(exc):
+            raise
+        log.warning(
+            "database %s unreachable (%s): recording to the spool; it will be migrated and filled when it is back",
+            describe_url(url),
+            type(exc.__cause__).__name__,
+        )
+    done = threading.Event()
+
+    def migrate() -> None:
+        if not done.is_set():
+            upgrade(url)
+            done.set()
+            log.info("database %s is back and at the newest revision", describe_url(url))
+
+    return migrate
 
 
 def downgrade(url: str, revision: str = "base") -> None:

@@ -34,6 +34,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
 from sqlalchemy.types import TypeEngine
 
+from monitor.errors import StoreError
 from monitor.events import Event
 from monitor.models import Base, UTCDateTime
 from monitor.spool import Spool
@@ -416,6 +417,7 @@ class EventWriter:
         retry_backoff_s: tuple[float, float] = (0.1, 5.0),
         spool: Spool | None = None,
         max_queue: int = 100_000,
+        prepare: Callable[[], None] | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -442,6 +444,10 @@ class EventWriter:
         self.spooled = 0
         self.replayed = 0
         self._next_replay = 0.0
+        # Run before the first write or replay (migrations deferred while the database was away); raises
+        # while the database is still unreachable, which counts as the database being away.
+        self._prepare_step = prepare
+        self._prepare_lock = threading.Lock()
 
     def __enter__(self) -> EventWriter:
         return self.start()
@@ -619,6 +625,16 @@ class EventWriter:
                 raw[plan].append(row)
         return out, raw
 
+    def _ready(self) -> None:
+        """Run the ``prepare`` step once it succeeds (it raises while the database is away)."""
+        if self._prepare_step is None:
+            return
+        with self._prepare_lock:
+            step = self._prepare_step
+            if step is not None:
+                step()
+                self._prepare_step = None
+
     def _plan(self, name: str) -> _InsertPlan:
         """The plan for table ``name``; building it may meet the database once, so it retries like a write
         (with a spool it does not wait: ``_NoDatabase`` sends the batch to the spool instead)."""
@@ -626,8 +642,9 @@ class EventWriter:
         delay = self._backoff[0]
         while True:
             try:
+                self._ready()
                 return _plan(self.engine, table)
-            except SQLAlchemyError as exc:
+            except (SQLAlchemyError, StoreError) as exc:
                 if self.spool is not None:
                     raise _NoDatabase from exc
                 delay = self._wait_to_retry(f"connecting to prepare {name} rows", exc, delay)
@@ -637,9 +654,10 @@ class EventWriter:
     def _run_db(self) -> None:
         self._try_replay(force=True)  # a spool left by a crash goes first
         while True:
-            waiting = self.spool is not None and self.spool.pending_bytes() > 0
+            # With a spool, wake up now and then even when idle: batches the writer thread spooled itself (the
+            # database was away before any batch reached this thread) come with no job to wake us.
             try:
-                job = self._jobs.get(timeout=self._backoff[1] if waiting else None)
+                job = self._jobs.get(timeout=self._backoff[1] if self.spool is not None else None)
             except queue.Empty:
                 self._try_replay()
                 continue
@@ -671,6 +689,7 @@ class EventWriter:
         return True
 
     def _replay_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+        self._ready()
         plan = _plan(self.engine, Base.metadata.tables[table])
         params = [plan.params(r) for r in rows]
         try:
@@ -785,6 +804,16 @@ def spool_path_for(url: str, configured: str | None = None) -> Path:
     return Path("glm-monitor.spool").resolve()
 
 
-def open_writer(engine: Engine, url: str, *, spool_path: str | None = None, max_queue: int = 100_000) -> EventWriter:
-    """The writer the daemon, the proxy and the transport share: batched, with its spool, started."""
-    return EventWriter(engine, spool=Spool(spool_path_for(url, spool_path)), max_queue=max_queue).start()
+def open_writer(
+    engine: Engine,
+    url: str,
+    *,
+    spool_path: str | None = None,
+    max_queue: int = 100_000,
+    prepare: Callable[[], None] | None = None,
+) -> EventWriter:
+    """The writer the daemon, the proxy and the transport share: batched, with its spool, started.
+
+    ``prepare`` (``store.upgrade_or_defer``'s step) runs before the first write or replay."""
+    spool = Spool(spool_path_for(url, spool_path))
+    return EventWriter(engine, spool=spool, max_queue=max_queue, prepare=prepare).start()

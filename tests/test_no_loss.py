@@ -179,3 +179,32 @@ def test_sqlite_locked_by_another_writer_then_proxy_killed_loses_nothing(tmp_pat
         proxy.stop()
     assert count(url) == TOTAL == distinct_requests(url)
     assert os.path.getsize(spool) == 0
+
+
+def test_proxy_started_while_postgres_is_down_records_to_the_spool_and_migrates_it_later(
+    tmp_path, sim, private_postgres
+):
+    """A blank database that is down when the proxy starts: the proxy serves anyway, spools, and once the
+    database is back it migrates it and writes every request."""
+    url = private_postgres.url
+    private_postgres.stop()
+    spool = tmp_path / "events.spool"
+    proxy = Proxy(write_config(tmp_path, url, sim, spool), free_port())
+    proxy.start()
+    try:
+        assert proxy.proc is not None and proxy.proc.poll() is None  # did not exit for want of a database
+        send(proxy.port, 0, 300)
+        wait_for(lambda: spooled_lines(spool) >= 300, what="the requests spooled")
+        private_postgres.start()
+        wait_for(lambda: _count_or_none(url) == 300, what="the database migrated and the spool replayed")
+    finally:
+        proxy.stop()
+    assert count(url) == 300 == distinct_requests(url)
+
+
+def _count_or_none(url: str) -> int | None:
+    """The stored events, or None while the tables do not exist yet."""
+    try:
+        return count(url)
+    except Exception:
+        return None

@@ -33,7 +33,8 @@ recording itself never fails or delays the request: it is logged once and counte
 Where events go: by default to a process-wide writer made on first use from the GLM Monitor config
 (``load_settings()``: database URL, vantage, ``[[prices]]`` overrides, custom providers); it migrates the
 database, writes in a background thread (a forked worker gets a thread of its own) and is flushed at interpreter
-exit. If the config or the database cannot be used, the error is logged and traffic passes through unrecorded.
+exit. If the database is unreachable, events go to the spool and are written (after migrating it) once it is back;
+if the config or the database cannot be used otherwise, the error is logged and traffic passes through unrecorded.
 Tests and advanced callers inject ``sink=`` (anything with ``submit(event)``), ``settings=``, ``vantage=``,
 ``providers=`` (the provider catalog) and ``catalog=`` (the ``PriceCatalog``), or build one :class:`Recorder`
 and pass it as ``recorder=`` (its ``stats`` and ``flush()`` are then at hand).
@@ -357,24 +358,25 @@ _writers_lock = threading.Lock()
 _writers: dict[str, EventWriter] = {}
 
 
-def _start_writer(engine: Any, url: str) -> EventWriter:
+def _start_writer(engine: Any, url: str, prepare: Callable[[], None] | None = None) -> EventWriter:
     from monitor.writer import open_writer
 
     # The same spool as the daemon and the proxy of this database (appends and replays are flock-ed).
-    writer = open_writer(engine, url)
+    writer = open_writer(engine, url, prepare=prepare)
     atexit.register(writer.close, 30.0)
     return writer
 
 
 def _shared_writer(url: str) -> EventWriter:
-    """The process-wide writer for database ``url``: migrated, started, closed (flushed) at exit."""
-    from monitor.store import make_engine, upgrade
+    """The process-wide writer for database ``url``: migrated (later, if the database is away: events are
+    spooled meanwhile), started, closed (flushed) at exit."""
+    from monitor.store import make_engine, upgrade_or_defer
 
     with _writers_lock:
         writer = _writers.get(url)
         if writer is None:
-            upgrade(url)
-            writer = _writers[url] = _start_writer(make_engine(url), url)
+            prepare = upgrade_or_defer(url)
+            writer = _writers[url] = _start_writer(make_engine(url), url, prepare)
         return writer
 
 
