@@ -357,13 +357,16 @@ def _add_savings(
     kept = [cast(tuple[Decimal, Currency], units[i]) for i in keep]
     tokens = per["cached_input_tokens"].tolist()
     saved = _objects((int(t) * u[0] for t, u in zip(tokens, kept, strict=True)), len(per))
-    days = per["day"].tolist()
+    pairs = list(zip(per["day"].tolist(), (u[1] for u in kept), strict=True))  # (local day, price currency)
     index = pd.MultiIndex.from_frame(per[key]) if len(key) > 1 else pd.Index(per[key[0]])
+    rows_of = pd.Series(out.index.get_indexer(index))  # each row's group in ``out`` (every group is there)
     for dst in CURRENCIES:
-        factors = _objects((converter.factor(d, u[1], dst) for d, u in zip(days, kept, strict=True)), len(per))
-        summed = pd.Series(saved * factors, index=index).groupby(level=list(range(len(key)))).sum()
-        column = f"savings_{dst.lower()}"
-        out.loc[summed.index, column] = summed.to_numpy()
+        factor = {p: converter.factor(p[0], p[1], dst) for p in set(pairs)}
+        values = saved * _objects(map(factor.__getitem__, pairs), len(pairs))
+        summed = pd.Series(values).groupby(rows_of).sum()
+        column = out[f"savings_{dst.lower()}"].to_numpy(dtype=object, copy=True)
+        column[summed.index.to_numpy()] = summed.to_numpy()
+        out[f"savings_{dst.lower()}"] = column
 
 
 def costs(
