@@ -18,7 +18,7 @@ from typing import Literal
 
 import pandas as pd
 import streamlit as st
-from sqlalchemy import Engine, desc, select
+from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
@@ -26,7 +26,6 @@ from monitor import analytics
 from monitor.analytics import Filters, Granularity, Metric, PeakWindow
 from monitor.config import Settings
 from monitor.errors import StoreError
-from monitor.models import ProbeResultRow
 from monitor.pricing import PriceCatalog
 from monitor.quota import QuotaStatus, quota_statuses
 from monitor.redact import redact
@@ -35,7 +34,7 @@ from monitor.store import describe_url, make_engine, normalise_url, table_names
 TTL_S = 45
 ALL_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 ROLLUP_TABLES = ("rollup_probe_hourly", "rollup_usage_hourly", "rollup_outcome_hourly")
-PROBE_LIMIT = 500
+PROBE_LIMIT = analytics.PROBE_LIMIT
 
 
 @st.cache_resource(show_spinner=False)
@@ -203,43 +202,10 @@ def costs(
     return analytics.costs(engine(url), filters, period=period, by=by, zone=zone, catalog=catalog(prices))  # type: ignore[arg-type]
 
 
-PROBE_COLUMNS = (
-    "ts",
-    "provider",
-    "model",
-    "vantage",
-    "outcome",
-    "http_status",
-    "error_code",
-    "error_message",
-    "retry_after_s",
-    "ttft_ms",
-    "total_ms",
-    "tokens_per_s",
-)
-
-
 @st.cache_data(ttl=TTL_S, show_spinner=False)
 def latest_probes(url: str, filters: Filters, outcomes: tuple[str, ...] = (), limit: int = PROBE_LIMIT) -> pd.DataFrame:
-    """The newest ``limit`` probe results in the range (newest first), optionally of some outcomes only.
-
-    RAW TABLE READ: the only place the dashboard reads ``probe_results`` directly, one indexed query with a
-    LIMIT, because ``monitor.analytics`` has no "latest probe results" function yet; move it there when it does.
-    """
-    t = ProbeResultRow
-    stmt = select(*(getattr(t, c) for c in PROBE_COLUMNS)).where(t.ts >= filters.start, t.ts < filters.end)
-    for column, values in ((t.provider, filters.providers), (t.model, filters.models), (t.vantage, filters.vantages)):
-        if values:
-            stmt = stmt.where(column.in_(values))
-    if outcomes:
-        stmt = stmt.where(t.outcome.in_(outcomes))
-    stmt = stmt.order_by(desc(t.ts)).limit(limit)
-    with engine(url).connect() as conn:
-        rows = conn.execute(stmt).all()
-    frame = pd.DataFrame.from_records([tuple(r) for r in rows], columns=list(PROBE_COLUMNS))
-    if not frame.empty:
-        frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
-    return frame
+    """``analytics.latest_probes``: the newest ``limit`` probe results in the range, optionally of some outcomes."""
+    return analytics.latest_probes(engine(url), filters, outcomes=outcomes, limit=limit)
 
 
 def clear() -> None:

@@ -664,3 +664,20 @@ def test_both_ways_of_reading_quantiles_agree_and_stay_in_the_exact_values_bucke
         for qi, q in enumerate(qs):
             exact = np.quantile(vs, q, method="inverted_cdf")
             assert 1 / BUCKET_RATIO <= dense[qi, gi] / exact <= BUCKET_RATIO * (1 + 1e-9)
+
+
+def test_latest_probes_are_the_newest_first_with_their_errors_and_selections(engine):
+    from monitor.analytics import PROBE_COLUMNS, latest_probes
+
+    day = datetime(2026, 11, 3, tzinfo=UTC)
+    write_events(engine, [e for e in traffic_day(day) if isinstance(e, ProbeResult)])
+    everything = Filters(day, day + timedelta(days=1))
+    rows = latest_probes(engine, everything, limit=50)
+    assert list(rows.columns) == list(PROBE_COLUMNS) and len(rows) == 50
+    assert rows["ts"].is_monotonic_decreasing
+    assert rows["ts"].iloc[0] == pd.Timestamp(day + timedelta(minutes=24 * 60 - 6))
+    throttled = latest_probes(engine, everything, outcomes=["rate_limited"])
+    assert len(throttled) == 24  # one an hour
+    assert set(throttled["error_code"]) == {"1302"} and set(throttled["http_status"]) == {429}
+    assert latest_probes(engine, Filters(day, day + timedelta(days=1), providers=("openrouter",))).empty
+    assert latest_probes(engine, Filters(day - timedelta(days=2), day)).empty

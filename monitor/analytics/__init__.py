@@ -1,16 +1,16 @@
 """Every number the dashboard, alert emails and monthly exports show, read from the rollups only.
 
 Plain functions over an engine, connection or session and a :class:`Filters` (time range and selections).
-They read ``rollup_probe_hourly``, ``rollup_usage_hourly`` and ``rollup_outcome_hourly`` (kept by
-``monitor.rollup``) plus ``fx_rates``, never the raw tables, so every consumer agrees on every number and no
-function's cost grows with the raw row count. On an empty database each returns an empty frame with its
-columns (or a result saying there is no data); none raises.
+They read the hourly and daily rollups (kept by ``monitor.rollup`` and ``monitor.rollup_days``) plus
+``fx_rates``, never the raw tables (except ``latest_probes``, one indexed query with a LIMIT), so every consumer
+agrees on every number and no function's cost grows with the raw row count. On an empty database each returns
+an empty frame with its columns (or a result saying there is no data); none raises.
 
 - latency: :func:`latency_percentiles`, :func:`latency_profile`, :func:`peak_slowdown` (:class:`PeakWindow`)
 - throttling: :func:`throttle_rates`, :func:`outcome_breakdown` (probes and real traffic apart)
 - side by side: :func:`compare_providers`
 - spend: :func:`costs`, :func:`spend_forecast`
-- now: :func:`health`
+- now: :func:`health`; the latest single probes: :func:`latest_probes` (the one raw-table read, with a LIMIT)
 
 Time zones: rollups are UTC hours. Periods are shown in a zone (default ``Asia/Tokyo``); they align exactly with
 whole-hour zones. In a half-hour zone each UTC hour counts in the local hour / day in which it starts.
@@ -43,6 +43,7 @@ from monitor.analytics.latency import (
     latency_profile,
     peak_slowdown,
 )
+from monitor.analytics.probes import PROBE_COLUMNS, PROBE_LIMIT, latest_probes
 from monitor.analytics.traffic import REAL_SOURCES, Traffic, outcome_breakdown, throttle_rates
 
 __all__ = [
@@ -54,6 +55,8 @@ __all__ = [
     "METRICS",
     "PEAK_COLUMNS",
     "PEAK_SPAN",
+    "PROBE_COLUMNS",
+    "PROBE_LIMIT",
     "PROFILE_COLUMNS",
     "PROFILE_SPAN",
     "REAL_SOURCES",
@@ -75,6 +78,7 @@ __all__ = [
     "health",
     "latency_percentiles",
     "latency_profile",
+    "latest_probes",
     "load_rate_book",
     "model_family",
     "outcome_breakdown",
