@@ -188,24 +188,12 @@ class FxRateRow(Base):
 # --- Rollups ---------------------------------------------------------------------------------------------
 # Kept by monitor.rollup from the raw tables above; monitor.analytics reads only these (plus fx_rates and
 # quota_snapshots). Text keys that are NULL in raw rows ("no app", "no code") are stored as "" so they can be
-# part of a primary key.
+# part of a primary key. Hourly and daily tables share their measures (the mixins below).
 
 
-class ProbeHourlyRow(Base):
-    """Probes of one target (provider, model, vantage) in one UTC hour: outcomes, retry-after and latencies.
+class ProbeMeasures:
+    """What a probe rollup row sums: outcome counts, retry-after, and per latency metric count, sum, histogram."""
 
-    ``*_hist`` columns are histograms on the fixed log-spaced buckets of ``monitor.rollup`` (bucket ``i`` holds
-    values in ``[10**(i/100), 10**((i+1)/100))``), stored as (bucket, count) pairs of little-endian int32 in
-    bucket order (``monitor.rollup.pack_hist`` / ``unpack_hist``); each histogram and its ``*_count`` / ``*_sum``
-    columns cover the positive values only. ``last_*`` describe the hour's latest probe.
-    """
-
-    __tablename__ = "rollup_probe_hourly"
-
-    hour: Mapped[datetime] = mapped_column(primary_key=True)
-    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
-    model: Mapped[str] = mapped_column(String(128), primary_key=True)
-    vantage: Mapped[str] = mapped_column(String(64), primary_key=True)
     requests: Mapped[int] = mapped_column(Integer)
     ok: Mapped[int] = mapped_column(Integer)
     throttled: Mapped[int] = mapped_column(Integer)
@@ -222,26 +210,11 @@ class ProbeHourlyRow(Base):
     tps_count: Mapped[int] = mapped_column(Integer)
     tps_sum: Mapped[float] = mapped_column(Float)
     tps_hist: Mapped[bytes] = mapped_column(LargeBinary)
-    last_ts: Mapped[datetime]
-    last_outcome: Mapped[str] = mapped_column(String(24))
-    last_error_code: Mapped[str | None] = mapped_column(String(64))
 
 
-class UsageHourlyRow(Base):
-    """Requests of one (provider, model, vantage, app, source) in one UTC hour: counts, token and cost sums.
+class UsageMeasures:
+    """What a usage rollup row sums: request and outcome counts, tokens per type, exact costs per currency."""
 
-    Costs are exact integers in units of 1e-10 of their native currency (``cost_usd_e10`` = USD x 10**10), so
-    sums stay exact on SQLite too. ``unpriced`` counts requests that reported usage but have no known cost.
-    """
-
-    __tablename__ = "rollup_usage_hourly"
-
-    hour: Mapped[datetime] = mapped_column(primary_key=True)
-    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
-    model: Mapped[str] = mapped_column(String(128), primary_key=True)
-    vantage: Mapped[str] = mapped_column(String(64), primary_key=True)
-    app: Mapped[str] = mapped_column(String(64), primary_key=True)
-    source: Mapped[str] = mapped_column(String(16), primary_key=True)
     requests: Mapped[int] = mapped_column(Integer)
     ok: Mapped[int] = mapped_column(Integer)
     throttled: Mapped[int] = mapped_column(Integer)
@@ -256,10 +229,54 @@ class UsageHourlyRow(Base):
     cost_usd_e10: Mapped[int] = mapped_column(BigInteger)
     cost_cny_e10: Mapped[int] = mapped_column(BigInteger)
     cost_jpy_e10: Mapped[int] = mapped_column(BigInteger)
+
+
+class OutcomeMeasures:
+    """What an outcome rollup row counts: requests, and how many of them came with HTTP 429."""
+
+    requests: Mapped[int] = mapped_column(Integer)
+    http_429: Mapped[int] = mapped_column(Integer)
+
+
+class ProbeHourlyRow(ProbeMeasures, Base):
+    """Probes of one target (provider, model, vantage) in one UTC hour: outcomes, retry-after and latencies.
+
+    ``*_hist`` columns are histograms on the fixed log-spaced buckets of ``monitor.rollup`` (bucket ``i`` holds
+    values in ``[10**(i/100), 10**((i+1)/100))``), stored as (bucket, count) pairs of little-endian int32 in
+    bucket order (``monitor.rollup.pack_hist`` / ``unpack_hist``); each histogram and its ``*_count`` / ``*_sum``
+    columns cover the positive values only. ``last_*`` describe the hour's latest probe.
+    """
+
+    __tablename__ = "rollup_probe_hourly"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    vantage: Mapped[str] = mapped_column(String(64), primary_key=True)
+    last_ts: Mapped[datetime]
+    last_outcome: Mapped[str] = mapped_column(String(24))
+    last_error_code: Mapped[str | None] = mapped_column(String(64))
+
+
+class UsageHourlyRow(UsageMeasures, Base):
+    """Requests of one (provider, model, vantage, app, source) in one UTC hour: counts, token and cost sums.
+
+    Costs are exact integers in units of 1e-10 of their native currency (``cost_usd_e10`` = USD x 10**10), so
+    sums stay exact on SQLite too. ``unpriced`` counts requests that reported usage but have no known cost.
+    """
+
+    __tablename__ = "rollup_usage_hourly"
+
+    hour: Mapped[datetime] = mapped_column(primary_key=True)
+    provider: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(128), primary_key=True)
+    vantage: Mapped[str] = mapped_column(String(64), primary_key=True)
+    app: Mapped[str] = mapped_column(String(64), primary_key=True)
+    source: Mapped[str] = mapped_column(String(16), primary_key=True)
     last_ts: Mapped[datetime]
 
 
-class OutcomeHourlyRow(Base):
+class OutcomeHourlyRow(OutcomeMeasures, Base):
     """Requests per (outcome, provider code) in one UTC hour, for the 429 and error breakdowns.
 
     ``source`` ``probe`` rows come from ``probe_results``; ``transport`` / ``proxy`` rows from ``usage_events``
@@ -276,11 +293,9 @@ class OutcomeHourlyRow(Base):
     app: Mapped[str] = mapped_column(String(64), primary_key=True)
     outcome: Mapped[str] = mapped_column(String(24), primary_key=True)
     error_code: Mapped[str] = mapped_column(String(64), primary_key=True)
-    requests: Mapped[int] = mapped_column(Integer)
-    http_429: Mapped[int] = mapped_column(Integer)
 
 
-class ProbeDailyRow(Base):
+class ProbeDailyRow(ProbeMeasures, Base):
     """``rollup_probe_hourly`` summed per local ``day`` in ``zone`` (one of the zones kept, see ``RollupZoneRow``).
 
     A UTC hour belongs to the local day in which it starts. Columns mean what they mean in the hourly table
@@ -294,25 +309,9 @@ class ProbeDailyRow(Base):
     provider: Mapped[str] = mapped_column(String(64), primary_key=True)
     model: Mapped[str] = mapped_column(String(128), primary_key=True)
     vantage: Mapped[str] = mapped_column(String(64), primary_key=True)
-    requests: Mapped[int] = mapped_column(Integer)
-    ok: Mapped[int] = mapped_column(Integer)
-    throttled: Mapped[int] = mapped_column(Integer)
-    http_429: Mapped[int] = mapped_column(Integer)
-    retry_after_count: Mapped[int] = mapped_column(Integer)
-    retry_after_sum_s: Mapped[float] = mapped_column(Float)
-    retry_after_max_s: Mapped[float | None] = mapped_column(Float)
-    ttft_count: Mapped[int] = mapped_column(Integer)
-    ttft_sum_ms: Mapped[float] = mapped_column(Float)
-    ttft_hist: Mapped[bytes] = mapped_column(LargeBinary)
-    total_count: Mapped[int] = mapped_column(Integer)
-    total_sum_ms: Mapped[float] = mapped_column(Float)
-    total_hist: Mapped[bytes] = mapped_column(LargeBinary)
-    tps_count: Mapped[int] = mapped_column(Integer)
-    tps_sum: Mapped[float] = mapped_column(Float)
-    tps_hist: Mapped[bytes] = mapped_column(LargeBinary)
 
 
-class UsageDailyRow(Base):
+class UsageDailyRow(UsageMeasures, Base):
     """``rollup_usage_hourly`` summed per local ``day`` in ``zone`` and ``utc_day`` (a local day spans up to two
     UTC days, and prices change on UTC days), with the hourly table's keys and sums (no ``last_ts``)."""
 
@@ -326,23 +325,9 @@ class UsageDailyRow(Base):
     vantage: Mapped[str] = mapped_column(String(64), primary_key=True)
     app: Mapped[str] = mapped_column(String(64), primary_key=True)
     source: Mapped[str] = mapped_column(String(16), primary_key=True)
-    requests: Mapped[int] = mapped_column(Integer)
-    ok: Mapped[int] = mapped_column(Integer)
-    throttled: Mapped[int] = mapped_column(Integer)
-    http_429: Mapped[int] = mapped_column(Integer)
-    input_tokens: Mapped[int] = mapped_column(BigInteger)
-    cached_input_tokens: Mapped[int] = mapped_column(BigInteger)
-    cache_write_tokens: Mapped[int] = mapped_column(BigInteger)
-    output_tokens: Mapped[int] = mapped_column(BigInteger)
-    reasoning_tokens: Mapped[int] = mapped_column(BigInteger)
-    images: Mapped[int] = mapped_column(BigInteger)
-    unpriced: Mapped[int] = mapped_column(Integer)
-    cost_usd_e10: Mapped[int] = mapped_column(BigInteger)
-    cost_cny_e10: Mapped[int] = mapped_column(BigInteger)
-    cost_jpy_e10: Mapped[int] = mapped_column(BigInteger)
 
 
-class OutcomeDailyRow(Base):
+class OutcomeDailyRow(OutcomeMeasures, Base):
     """``rollup_outcome_hourly`` summed per local ``day`` in ``zone``."""
 
     __tablename__ = "rollup_outcome_daily"
@@ -356,8 +341,6 @@ class OutcomeDailyRow(Base):
     app: Mapped[str] = mapped_column(String(64), primary_key=True)
     outcome: Mapped[str] = mapped_column(String(24), primary_key=True)
     error_code: Mapped[str] = mapped_column(String(64), primary_key=True)
-    requests: Mapped[int] = mapped_column(Integer)
-    http_429: Mapped[int] = mapped_column(Integer)
 
 
 class RollupZoneRow(Base):

@@ -35,11 +35,14 @@ from sqlalchemy import ColumnElement, Connection, Table, delete, func, insert, s
 from monitor.models import (
     OutcomeDailyRow,
     OutcomeHourlyRow,
+    OutcomeMeasures,
     ProbeDailyRow,
     ProbeHourlyRow,
+    ProbeMeasures,
     RollupZoneRow,
     UsageDailyRow,
     UsageHourlyRow,
+    UsageMeasures,
 )
 
 __all__ = [
@@ -76,57 +79,38 @@ def _t(model: Any) -> Table:
     return cast(Table, model.__table__)
 
 
-_PROBE = _Tier(
-    hourly=_t(ProbeHourlyRow),
-    daily=_t(ProbeDailyRow),
-    keys=("provider", "model", "vantage"),
-    sums=(
-        "requests",
-        "ok",
-        "throttled",
-        "http_429",
-        "retry_after_count",
-        "retry_after_sum_s",
-        "ttft_count",
-        "ttft_sum_ms",
-        "total_count",
-        "total_sum_ms",
-        "tps_count",
-        "tps_sum",
-    ),
-    maxes=("retry_after_max_s",),
-    hists=("ttft_hist", "total_hist", "tps_hist"),
+def _tier(
+    hourly: Any,
+    daily: Any,
+    keys: tuple[str, ...],
+    measures: type,
+    *,
+    maxes: tuple[str, ...] = (),
+    utc_day: bool = False,
+    scope: Callable[[Table], ColumnElement[bool]] | None = None,
+) -> _Tier:
+    """The tier of two rollup models sharing the ``measures`` mixin: histograms merge, ``maxes`` take the
+    maximum, everything else adds up."""
+    names = tuple(measures.__annotations__)
+    hists = tuple(n for n in names if n.endswith("_hist"))
+    sums = tuple(n for n in names if n not in hists and n not in maxes)
+    return _Tier(_t(hourly), _t(daily), keys, sums, maxes, hists, utc_day, scope)
+
+
+_PROBE = _tier(
+    ProbeHourlyRow, ProbeDailyRow, ("provider", "model", "vantage"), ProbeMeasures, maxes=("retry_after_max_s",)
 )
-_USAGE = _Tier(
-    hourly=_t(UsageHourlyRow),
-    daily=_t(UsageDailyRow),
-    keys=("provider", "model", "vantage", "app", "source"),
-    sums=(
-        "requests",
-        "ok",
-        "throttled",
-        "http_429",
-        "input_tokens",
-        "cached_input_tokens",
-        "cache_write_tokens",
-        "output_tokens",
-        "reasoning_tokens",
-        "images",
-        "unpriced",
-        "cost_usd_e10",
-        "cost_cny_e10",
-        "cost_jpy_e10",
-    ),
-    utc_day=True,
+_USAGE = _tier(
+    UsageHourlyRow, UsageDailyRow, ("provider", "model", "vantage", "app", "source"), UsageMeasures, utc_day=True
 )
 
 
 def _outcome_tier(probe: bool) -> _Tier:
-    return _Tier(
-        hourly=_t(OutcomeHourlyRow),
-        daily=_t(OutcomeDailyRow),
-        keys=("source", "provider", "model", "vantage", "app", "outcome", "error_code"),
-        sums=("requests", "http_429"),
+    return _tier(
+        OutcomeHourlyRow,
+        OutcomeDailyRow,
+        ("source", "provider", "model", "vantage", "app", "outcome", "error_code"),
+        OutcomeMeasures,
         scope=(lambda t: t.c.source == "probe") if probe else (lambda t: t.c.source != "probe"),
     )
 
