@@ -1,13 +1,36 @@
 """Quota burn: how much of each configured plan is used, how fast it burns and when it runs out.
 
-``quota_statuses(engine, settings)`` returns one ``QuotaStatus`` per plan window, in config order. Every figure
-comes from SQL aggregates (COUNT/SUM grouped by model and 15-minute bucket, or by hour and currency), never from
-rows loaded one by one: the short windows (minute, 5 hours, day, week) from ``usage_events``, the long money
-windows from the hourly rollups wherever they are current and from ``usage_events`` elsewhere (see
-``_Ctx.spend``), so it stays fast with millions of events and survives the pruning of old raw rows. Where the
+``quota_statuses(engine, settings)`` returns one ``QuotaStatus`` per plan window, in config order. Where the
 provider's own figure exists (a Coding Plan snapshot stored by ``monitor.quota_poller`` less than
 ``OFFICIAL_MAX_AGE`` old, whose window has not reset since) it wins over the local estimate;
 ``QuotaStatus.source`` says which.
+
+What is read from where. Every figure comes from SQL aggregates, never from rows loaded one by one, and every
+window (minute, 5 hours, day, week, month, balance, and each burn window) is cut the same way (``_Ctx``):
+
+- Its whole UTC hours come from the hourly rollups (``monitor.rollup``) wherever they are current: the hour was
+  pruned (only its rollups remain), or none of its raw rows is newer than the refresh's settled id
+  (``rollup_state.safe_id``), or ``rollup_hours`` counted as many raw rows as it has now. Requests and tokens
+  come from ``rollup_usage_hourly`` per hour and model (refusals left out: ``requests - throttled`` less the
+  quota_exhausted, auth_error and client_error counts of ``rollup_outcome_hourly``); money from its cost sums.
+- The raw ``usage_events`` answer the rest: the partial hours at both ends (COUNT/SUM per model and 15-minute
+  bucket, or per hour and currency), the hours the rollup has not caught up with (the last minutes, a late
+  replay), and the few hours the rollups cannot split exactly: an hour whose probe rows in scope have outcomes
+  other than ok and throttled (``rollup_outcome_hourly`` leaves usage rows of source ``probe`` out, so it
+  cannot tell whether they were refusals), the tokens of an hour with refusals in scope (the rollups sum every
+  request's tokens), and, for a Coding Plan's peak multiplier, a UTC hour that straddles the start or end of
+  the peak hours (a zone whose offset is not whole hours).
+- Exact times (the first request after the previous 5-hour or weekly window ended, the oldest request of the
+  last minute) come from one ``ORDER BY ts LIMIT 1`` per model on the (provider, model, ts) index inside the
+  hour the rollups point to (or inside the raw ranges before it).
+
+So a call costs the rollup rows of its windows plus a few hours of raw rows, whatever the raw volume, and
+agrees with the raw rows to the request and to 1e-10 of a currency. (Until the refresh has settled, e.g. in the
+first overlap period after the first refresh, the rows above ``safe_id`` are many: the currency check then
+counts the raw rows of each window, an index-only scan, as a catch-up cost.) Hours before the last prune
+(``raw_floor``) have only their rollups, which are taken as they are: such an hour's start stands for its
+first request, its few probe errors of unknown kind and refused requests' tokens count as used, and a peak
+multiplier applies to it as at its start.
 
 Windows and burn rates, per kind (the choices the providers leave open):
 
@@ -55,9 +78,16 @@ from sqlalchemy import cast as sql_cast
 
 from monitor.config import CodingPlan, FreeTierPlan, MonthlyBudget, PrepaidPlan, Settings
 from monitor.fx import RateBook, default_rates
-from monitor.models import QuotaSnapshotRow, RollupHourRow, RollupStateRow, UsageEventRow, UsageHourlyRow
+from monitor.models import (
+    OutcomeHourlyRow,
+    QuotaSnapshotRow,
+    RollupHourRow,
+    RollupStateRow,
+    UsageEventRow,
+    UsageHourlyRow,
+)
 from monitor.money import CURRENCIES, Cost, Currency
-from monitor.outcomes import Outcome
+from monitor.outcomes import THROTTLED, Outcome
 from monitor.quota_poller import TIME_LIMIT, TOKENS_LIMIT, WINDOW_5H, WINDOW_MONTH, WINDOW_WEEK, plan_key
 from monitor.rollup import COST_SCALE
 
@@ -104,6 +134,7 @@ _CHAIN_STEPS = 64
 _MAX_PROJECTION = timedelta(days=3650)
 _RESET_TOLERANCE = timedelta(seconds=60)
 _DATASET = "usage_events"  # the rollup dataset of usage_events (monitor.rollup)
+_UNSETTLED_MAX = 50_000  # rows above safe_id whose hours are looked up one by one (see _Ctx.stale_hours)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,12 +227,90 @@ def _utc_bucket(bucket: int, seconds: int) -> datetime:
     return datetime.fromtimestamp(int(bucket) * seconds, UTC)
 
 
+_HOUR = timedelta(hours=1)
+_QUARTER = timedelta(seconds=_BUCKET_S)
+
+_Range = tuple[datetime, datetime, bool, bool]
+"""A time range of raw rows: (start, end, start included, end included)."""
+
+# Every throttled outcome is a refusal; the rollups count the throttled ones per row (``throttled``) and the
+# others per outcome (``rollup_outcome_hourly``).
+_REFUSED_UNTHROTTLED = tuple(o for o in REFUSED_OUTCOMES if Outcome(o) not in THROTTLED)
+
+
+@dataclass(frozen=True, slots=True)
+class _RollupState:
+    """Where the rollup of ``usage_events`` stands (its ``rollup_state`` row)."""
+
+    safe_id: int
+    raw_floor: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelHour:
+    """One model's requests in one whole UTC hour as ``rollup_usage_hourly`` sums them (every source in scope).
+
+    ``throttled`` is 0 for a scope that counts refusals too.
+    """
+
+    model: str | None
+    requests: int
+    throttled: int
+    ok: int
+    tokens: Decimal  # input + output tokens of every request, refused or not
+
+    @property
+    def errors(self) -> int:
+        """Requests neither ok nor throttled: some may be refusals (quota_exhausted, auth_error, client_error)."""
+        return self.requests - self.ok - self.throttled
+
+
+@dataclass
+class _HourlyUsage:
+    """One scope's usage per whole UTC hour in [lo, hi) as the rollups give it (see ``_Ctx.hourly``).
+
+    ``unreadable``: hours whose requests must be read from the raw rows (stale, or with probe errors the
+    rollups cannot classify). ``refused[(hour, model)]``: the refusals other than throttling, from
+    ``rollup_outcome_hourly``, filled in on demand for the hours in ``broken_down``.
+    """
+
+    lo: datetime
+    hi: datetime
+    rows: dict[datetime, list[_ModelHour]]
+    unreadable: set[datetime]
+    refused: dict[tuple[datetime, str | None], int] = field(default_factory=dict)
+    broken_down: set[datetime] = field(default_factory=set)
+
+    def extend(self, older: _HourlyUsage) -> None:
+        """Add ``older``, which ends where this one starts."""
+        self.lo = older.lo
+        self.rows.update(older.rows)
+        self.unreadable |= older.unreadable
+        self.refused.update(older.refused)
+        self.broken_down |= older.broken_down
+
+    def admitted(self, hour: datetime) -> list[tuple[str | None, int, Decimal, bool]]:
+        """(model, admitted requests, tokens, whether some request was refused) of a broken-down hour."""
+        out = []
+        for m in self.rows.get(hour, ()):
+            other = self.refused.get((hour, m.model), 0)
+            out.append((m.model, m.requests - m.throttled - other, m.tokens, bool(m.throttled or other)))
+        return out
+
+
 @dataclass
 class _Ctx:
-    """What one ``quota_statuses`` call shares: connection, settings, now, and lazily the FX rates.
+    """What one ``quota_statuses`` call shares: connection, settings, now, and lazily the FX rates, the rollup
+    state and each scope's hourly usage from the rollups.
 
-    Speed: a query on one provider names its models too, so both SQLite and Postgres seek the
-    (provider, model, ts) index to the time range instead of reading every row of the provider (without
+    Every window is cut the same way (``_pieces``, ``first``, ``spend``): the whole UTC hours inside it are read
+    from the hourly rollups when they can answer (``stale_hours`` says where they are current; ``hourly`` and
+    ``break_down`` where they can tell refusals apart), and the rest (the partial hours at both ends, and the
+    hours the rollups cannot answer) from the raw rows. So a window costs its rollup rows plus two partial
+    hours of raw rows, plus the hours the rollup has not caught up with or cannot split.
+
+    Speed of the raw queries: a query on one provider names its models too, so both SQLite and Postgres seek
+    the (provider, model, ts) index to the time range instead of reading every row of the provider (without
     planner statistics, SQLite otherwise walks all of them). The models are found by a loose index scan, one
     seek per model; events without a model are queried separately (``model IS NULL`` seeks the index, an OR
     would not).
@@ -214,7 +323,11 @@ class _Ctx:
     _book: RateBook | None = field(default=None)
     _models: dict[str, tuple[tuple[str, ...], bool]] = field(default_factory=dict)
     _counts: dict[datetime, int] = field(default_factory=dict)
-    _counted: list[tuple[datetime, datetime]] = field(default_factory=list)
+    _counted: set[datetime] = field(default_factory=set)
+    _state: _RollupState | None = field(default=None)
+    _state_loaded: bool = field(default=False)
+    _unsettled: set[datetime] | None = field(default=None)
+    _hourly: dict[_Scope, _HourlyUsage] = field(default_factory=dict)
 
     @property
     def dialect(self) -> str:
@@ -262,79 +375,290 @@ class _Ctx:
             out.append(UsageEventRow.model.is_(None))
         return out
 
+    # --- where the rollups are current ---------------------------------------------------------------------
+
+    def rollup_state(self) -> _RollupState | None:
+        """The rollup state of ``usage_events``; None when no refresh ever ran (no rollups to read)."""
+        if not self._state_loaded:
+            s = RollupStateRow
+            row = self.conn.execute(select(s.safe_id, s.raw_floor).where(s.dataset == _DATASET)).first()
+            self._state = None if row is None else _RollupState(int(row[0]), row[1])
+            self._state_loaded = True
+        return self._state
+
+    def floor(self) -> datetime | None:
+        """The hour before which raw usage events were pruned (only their rollups remain); None: none was."""
+        state = self.rollup_state()
+        return state.raw_floor if state else None
+
+    def stale_hours(self, start: datetime, end: datetime) -> set[datetime]:
+        """The whole UTC hours in [start, end) (hour-aligned) whose rollups are not current.
+
+        An hour's rollups are current when it was pruned (before ``raw_floor``: only its rollups remain), or when
+        none of its raw rows has an id above ``safe_id`` (by the refresh's contract, ``monitor.rollup``, every
+        such row was seen by a refresh, which recomputed the hour with it), or when ``rollup_hours`` counted as
+        many raw rows as it has now (raw rows are insert-only, so an equal count is an unchanged hour). Only the
+        hours holding rows above ``safe_id`` (the last minutes the refresh has not settled yet, a spool replay)
+        are counted, so the check costs those rows, not the window. When more than ``_UNSETTLED_MAX`` rows are
+        above ``safe_id`` (the first overlap period after the first refresh, or no refresh running for a long
+        time) finding their hours would cost as much as counting: every hour of the range is counted instead.
+        Never refreshed: every hour is stale.
+        """
+        state = self.rollup_state()
+        if state is None:
+            return set(_hour_range(start, end))
+        floor = state.raw_floor
+        if self._unsettled is None:
+            ids = UsageEventRow.id
+            top = self.conn.execute(select(func.coalesce(func.max(ids), 0))).scalar_one()
+            if int(top) - state.safe_id <= _UNSETTLED_MAX:
+                stmt = select(_bucket(self.dialect, _HOUR_S)).where(ids > state.safe_id).distinct()
+                self._unsettled = {_utc_bucket(b, _HOUR_S) for b in self.conn.execute(stmt).scalars()}
+        hours = _hour_range(start, end) if self._unsettled is None else sorted(self._unsettled)
+        suspect = [h for h in hours if start <= h < end and (floor is None or h >= floor)]
+        if not suspect:
+            return set()
+        counted = self._raw_counts(suspect)
+        known = self._rolled_counts(suspect[0], suspect[-1] + _HOUR)
+        return {h for h in suspect if counted.get(h, 0) != known.get(h, 0)}
+
+    def _raw_counts(self, hours: Sequence[datetime]) -> dict[datetime, int]:
+        """Raw events per UTC hour of ``hours`` (sorted): index-only scans of the ``ts`` index, remembered for
+        the call (the windows of several plans often span the same hours)."""
+        todo = [h for h in hours if h not in self._counted]
+        bucket = _bucket(self.dialect, _HOUR_S).label("bucket")
+        ts = UsageEventRow.ts
+        for lo, hi in _runs(todo):
+            stmt = select(bucket, func.count()).where(ts >= lo, ts < hi).group_by(bucket)
+            self._counts.update((_utc_bucket(b, _HOUR_S), int(n)) for b, n in self.conn.execute(stmt).all())
+        self._counted.update(todo)
+        return {h: self._counts.get(h, 0) for h in hours}
+
+    def _rolled_counts(self, start: datetime, end: datetime) -> dict[datetime, int]:
+        h = RollupHourRow
+        stmt = select(h.hour, h.raw_rows).where(h.dataset == _DATASET, h.hour >= start, h.hour < end)
+        return {hour: int(n) for hour, n in self.conn.execute(stmt).all()}
+
+    # --- requests and tokens -------------------------------------------------------------------------------
+
+    def hourly(self, scope: _Scope, lo: datetime, hi: datetime) -> _HourlyUsage:
+        """``scope``'s usage per whole hour in [lo, hi) from ``rollup_usage_hourly``, remembered for the call (the
+        windows of one plan nest: the 5-hour and weekly chains, the used amounts and the burn read the same hours).
+
+        Admitted requests of an hour = ``requests - throttled`` less the other refusals (quota_exhausted,
+        auth_error, client_error), which ``rollup_outcome_hourly`` counts per outcome (``break_down``). That table
+        leaves out the usage rows of source ``probe`` (its ``probe`` rows come from ``probe_results``), so an hour
+        whose probe rows in scope include outcomes other than ok and throttled (which may or may not be
+        refusals) is read from the raw rows. Stale hours are read raw too; pruned hours (before ``raw_floor``)
+        have only their rollups, which are taken as they are (their unclassified probe errors counted as
+        admitted). The rollups key a missing model as "": it reads back as None (no model).
+        """
+        known = self._hourly.get(scope)
+        if known is not None and known.hi == hi:
+            if lo < known.lo:
+                known.extend(self._fetch_hourly(scope, lo, known.lo))
+            return known
+        fetched = self._fetch_hourly(scope, lo, hi)
+        self._hourly[scope] = fetched
+        return fetched
+
+    def _fetch_hourly(self, scope: _Scope, lo: datetime, hi: datetime) -> _HourlyUsage:
+        stale = self.stale_hours(lo, hi)
+        state = self.rollup_state()
+        if state is None or (scope.models is not None and "" in scope.models):
+            # No rollups; or a model named "" that the rollups cannot tell from a missing one.
+            return _HourlyUsage(lo, hi, {}, set(_hour_range(lo, hi)))
+        floor = state.raw_floor
+        r = UsageHourlyRow
+        conds: list[ColumnElement[bool]] = [r.hour >= lo, r.hour < hi]
+        if scope.providers is not None:
+            conds.append(r.provider.in_(scope.providers))
+        if scope.models is not None:
+            conds.append(r.model.in_(scope.models))
+        if scope.sources is not None:
+            conds.append(r.source.in_(scope.sources))
+        unclassified = case((r.source == "probe", r.requests - r.ok - r.throttled), else_=0)
+        sums = (func.sum(r.requests), func.sum(r.throttled), func.sum(r.ok), func.sum(unclassified))
+        tokens = func.sum(r.input_tokens + r.output_tokens)
+        stmt = select(r.hour, r.model, *sums, tokens).where(*conds).group_by(r.hour, r.model)
+        rows: dict[datetime, list[_ModelHour]] = {}
+        unreadable = set(stale)
+        for hour, model, requests, throttled, ok, unsure, used in self.conn.execute(stmt).all():
+            if hour in stale:
+                continue
+            if unsure and scope.admitted_only and not (floor is not None and hour < floor):
+                unreadable.add(hour)
+            refused = int(throttled) if scope.admitted_only else 0  # a scope counting refusals takes nothing off
+            rows.setdefault(hour, []).append(_ModelHour(model or None, int(requests), refused, int(ok), _dec(used)))
+        out = _HourlyUsage(lo, hi, rows, unreadable)
+        if not scope.admitted_only:
+            out.broken_down.update(rows)  # nothing to take off
+        return out
+
+    def break_down(self, scope: _Scope, hourly: _HourlyUsage, hours: Sequence[datetime]) -> None:
+        """Fill in ``hourly.refused`` for ``hours``: only for those with errors (requests neither ok nor
+        throttled), the others have no refusal to take off but throttling."""
+        todo = sorted(
+            h
+            for h in hours
+            if h not in hourly.broken_down
+            and h not in hourly.unreadable
+            and any(m.errors for m in hourly.rows.get(h, ()))
+        )
+        hourly.broken_down.update(h for h in hours if h in hourly.rows)
+        o = OutcomeHourlyRow
+        for lo, hi in _runs(todo):
+            conds: list[ColumnElement[bool]] = [
+                o.hour >= lo,
+                o.hour < hi,
+                o.outcome.in_(_REFUSED_UNTHROTTLED),
+                o.source != "probe",  # probe_results' breakdown, not the usage rows'
+            ]
+            if scope.providers is not None:
+                conds.append(o.provider.in_(scope.providers))
+            if scope.models is not None:
+                conds.append(o.model.in_(scope.models))
+            if scope.sources is not None:
+                conds.append(o.source.in_(scope.sources))
+            stmt = select(o.hour, o.model, func.sum(o.requests)).where(*conds).group_by(o.hour, o.model)
+            hourly.refused.update(((h, m or None), int(n)) for h, m, n in self.conn.execute(stmt).all())
+
+    def _pieces(
+        self,
+        scope: _Scope,
+        start: datetime,
+        end: datetime,
+        *,
+        tokens: bool,
+        include_start: bool,
+        mixed: Callable[[datetime], bool] | None = None,
+    ) -> tuple[list[tuple[str | None, datetime, Decimal]], list[_Range]]:
+        """The range cut into (model, hour, admitted requests or their tokens) of the whole hours the rollups
+        answer, and the raw ranges left: the partial hours at the ends, the hours the rollups cannot answer
+        (``hourly``; for tokens also the hours with refusals, whose tokens the rollups do not set apart) and the
+        hours ``mixed`` names (they need the 15-minute buckets of the raw rows)."""
+        first_full, last_full = _whole_hours(start, end, include_start)
+        rolled: list[tuple[str | None, datetime, Decimal]] = []
+        raw_hours: set[datetime] = set()
+        if first_full < last_full:
+            hourly = self.hourly(scope, first_full, last_full)
+            raw_hours = {h for h in hourly.unreadable if first_full <= h < last_full}
+            # A pruned hour has only its rollups: it stays with them (a peak factor taken at its start, the
+            # tokens of its refused requests counted).
+            kept = max(first_full, self.floor() or first_full)
+            if mixed is not None:
+                raw_hours.update(h for h in _hour_range(kept, last_full) if mixed(h))
+            hours = sorted(h for h in hourly.rows if first_full <= h < last_full and h not in raw_hours)
+            self.break_down(scope, hourly, hours)
+            for hour in hours:
+                models = hourly.admitted(hour)
+                if tokens and hour >= kept and any(refused for _, _, _, refused in models):
+                    raw_hours.add(hour)
+                    continue
+                rolled.extend((model, hour, used if tokens else Decimal(n)) for model, n, used, _ in models)
+        return rolled, _raw_ranges(start, end, include_start, first_full, last_full, raw_hours)
+
     def count(self, scope: _Scope, start: datetime, end: datetime, *, include_start: bool = True) -> int:
-        total = 0
-        for model in self.model_filters(scope):
-            where = scope.where(start, end, model, include_start=include_start)
-            total += int(self.conn.execute(select(func.count()).select_from(UsageEventRow).where(where)).scalar_one())
-        return total
+        """Requests in the range (``end`` included)."""
+        rolled, ranges = self._pieces(scope, start, end, tokens=False, include_start=include_start)
+        total = sum((n for _, _, n in rolled), Decimal(0))
+        for lo, hi, with_lo, with_hi in ranges:
+            for model in self.model_filters(scope):
+                where = scope.where(lo, hi, model, include_start=with_lo, include_end=with_hi)
+                total += self.conn.execute(select(func.count()).select_from(UsageEventRow).where(where)).scalar_one()
+        return int(total)
 
     def first(self, scope: _Scope, start: datetime, end: datetime, *, include_start: bool = True) -> datetime | None:
-        """The earliest event in the range: one ``ORDER BY ts LIMIT 1`` per model, which stops at the first match."""
+        """The earliest event in the range (``end`` included).
+
+        The rollups tell which whole hour holds it (an hour with ok requests surely does; one whose requests
+        are all throttled surely does not; the others are broken down per outcome one by one), and the exact
+        time comes from one ``ORDER BY ts LIMIT 1`` per model inside that hour (or inside the raw ranges before
+        it), which stops at the first match. An hour whose raw rows were pruned gives its start: the rollups
+        keep no times.
+        """
+        first_full, last_full = _whole_hours(start, end, include_start)
+        steps: list[tuple[datetime, _Range, bool]] = []
+        raw_hours: set[datetime] = set()
+        hourly: _HourlyUsage | None = None
+        if first_full < last_full:
+            hourly = self.hourly(scope, first_full, last_full)
+            raw_hours = {h for h in hourly.unreadable if first_full <= h < last_full}
+            for hour, models in hourly.rows.items():
+                whole = first_full <= hour < last_full and hour not in raw_hours
+                if whole and any(m.requests > m.throttled for m in models):
+                    steps.append((hour, (hour, hour + _HOUR, True, False), True))
+        ranges = _raw_ranges(start, end, include_start, first_full, last_full, raw_hours)
+        steps += [(r[0], r, False) for r in ranges]
+        floor = self.floor()
+        for at, (lo, hi, with_lo, with_hi), rolled in sorted(steps, key=lambda s: s[0]):
+            if rolled and hourly is not None and not any(m.ok for m in hourly.rows[at]):
+                self.break_down(scope, hourly, [at])
+                if not any(n > 0 for _, n, _, _ in hourly.admitted(at)):
+                    continue
+            found = self._raw_first(scope, lo, hi, include_start=with_lo, include_end=with_hi)
+            if found is not None:
+                return found
+            if rolled and floor is not None and at < floor:
+                return at
+        return None
+
+    def _raw_first(
+        self, scope: _Scope, start: datetime, end: datetime, *, include_start: bool, include_end: bool
+    ) -> datetime | None:
         firsts: list[datetime] = []
         for model in self.model_filters(scope, split=True):
-            where = scope.where(start, end, model, include_start=include_start)
+            where = scope.where(start, end, model, include_start=include_start, include_end=include_end)
             ts = self.conn.execute(select(UsageEventRow.ts).where(where).order_by(UsageEventRow.ts).limit(1)).scalar()
             if ts is not None:
                 firsts.append(ts)
         return min(firsts, default=None)
 
     def grouped(
-        self, scope: _Scope, start: datetime, end: datetime, *, tokens: bool, include_start: bool = True
+        self,
+        scope: _Scope,
+        start: datetime,
+        end: datetime,
+        *,
+        tokens: bool,
+        include_start: bool = True,
+        mixed: Callable[[datetime], bool] | None = None,
     ) -> list[tuple[str | None, datetime, Decimal]]:
-        """(model, 15-minute bucket start, requests or tokens) for the events in the range."""
+        """(model, bucket start, requests or tokens) for the events in the range (``end`` included): one bucket
+        per whole hour read from the rollups, 15-minute buckets elsewhere (and in the hours ``mixed`` names)."""
+        rolled, ranges = self._pieces(scope, start, end, tokens=tokens, include_start=include_start, mixed=mixed)
         bucket = _bucket(self.dialect, _BUCKET_S).label("bucket")
         amount = (
             func.sum(func.coalesce(UsageEventRow.input_tokens, 0) + func.coalesce(UsageEventRow.output_tokens, 0))
             if tokens
             else func.count()
         )
-        out: list[tuple[str | None, datetime, Decimal]] = []
-        for model in self.model_filters(scope):
-            stmt = (
-                select(UsageEventRow.model, bucket, amount)
-                .where(scope.where(start, end, model, include_start=include_start))
-                .group_by(UsageEventRow.model, bucket)
-            )
-            out.extend((m, _utc_bucket(b, _BUCKET_S), _dec(a)) for m, b, a in self.conn.execute(stmt).all())
+        out = rolled
+        for lo, hi, with_lo, with_hi in ranges:
+            for model in self.model_filters(scope):
+                where = scope.where(lo, hi, model, include_start=with_lo, include_end=with_hi)
+                stmt = select(UsageEventRow.model, bucket, amount).where(where).group_by(UsageEventRow.model, bucket)
+                out.extend((m, _utc_bucket(b, _BUCKET_S), _dec(a)) for m, b, a in self.conn.execute(stmt).all())
         return out
+
+    # --- money ---------------------------------------------------------------------------------------------
 
     def spend(
         self, scope: _Scope, start: datetime, end: datetime, *, include_start: bool = True
     ) -> list[tuple[datetime, str | None, Decimal, int]]:
-        """(UTC hour, currency, summed cost, unpriced requests) for the range; currency None carries only the
-        count of requests that reported usage but have no price.
+        """(UTC hour, currency, summed cost, unpriced requests) for the range (``end`` included); currency None
+        carries only the count of requests that reported usage but have no price.
 
-        Whole hours come from ``rollup_usage_hourly`` when the rollup is current: the hour was pruned (before
-        ``raw_floor``: only its rollup remains) or ``rollup_hours`` counted as many raw rows as there are now
-        (raw rows are insert-only, so an equal count is an unchanged hour). Every other hour, and the partial
-        hours at both ends, are aggregated from the raw events. So a long window costs one index-only count per
-        hour plus the few hours the rollup has not caught up with, and agrees with ``monitor.analytics``.
+        Whole hours come from ``rollup_usage_hourly`` where it is current (``stale_hours``); the stale hours and
+        the partial hours at both ends from the raw events. So a long window costs its rollup rows plus the few
+        hours the rollup has not caught up with, and agrees with ``monitor.analytics``.
         """
-        first_full = _ceil_hour(start)
-        last_full = _floor_hour(end)
-        rolled: set[datetime] = set()
-        raw_hours: list[datetime] = []
-        if first_full < last_full:
-            floor = self._raw_floor()
-            counted = self._raw_counts(max(first_full, floor) if floor else first_full, last_full)
-            known = self._rolled_counts(first_full, last_full)
-            for hour in sorted(counted.keys() | known.keys()):
-                if (floor is not None and hour < floor) or counted.get(hour, 0) == known.get(hour, 0):
-                    rolled.add(hour)
-                else:
-                    raw_hours.append(hour)
-        out = self._rolled_spend(scope, first_full, last_full, rolled) if rolled else []
-        # Raw ranges: (start, end, start included, end included).
-        ranges: list[tuple[datetime, datetime, bool, bool]]
-        if first_full >= last_full:  # no whole hour in the range
-            ranges = [(start, end, include_start, True)]
-        else:
-            ranges = [(h, h + timedelta(hours=1), True, False) for h in raw_hours]
-            if start < first_full:
-                ranges.append((start, first_full, include_start, False))
-            ranges.append((last_full, end, True, True))
-        for lo, hi, with_lo, with_hi in _merge(ranges):
+        first_full, last_full = _whole_hours(start, end, include_start)
+        stale = self.stale_hours(first_full, last_full) if first_full < last_full else set()
+        out: list[tuple[datetime, str | None, Decimal, int]] = []
+        if len(stale) < (last_full - first_full) // _HOUR:
+            out = self._rolled_spend(scope, first_full, last_full, stale)
+        for lo, hi, with_lo, with_hi in _raw_ranges(start, end, include_start, first_full, last_full, stale):
             out.extend(self._raw_spend(scope, lo, hi, include_start=with_lo, include_end=with_hi))
         return out
 
@@ -357,29 +681,8 @@ class _Ctx:
                 out.append((_utc_bucket(b, _HOUR_S), currency, _dec(amount).quantize(_MONEY_PLACES), int(n or 0)))
         return out
 
-    def _raw_floor(self) -> datetime | None:
-        """The hour before which raw usage events were pruned (only their rollups remain); None: nothing pruned."""
-        state = RollupStateRow
-        return self.conn.execute(select(state.raw_floor).where(state.dataset == _DATASET)).scalar()
-
-    def _raw_counts(self, start: datetime, end: datetime) -> dict[datetime, int]:
-        """Raw events per UTC hour in [start, end) (whole hours): an index-only scan of the ``ts`` index,
-        remembered for the call (a prepaid balance and a monthly budget often span the same hours)."""
-        if not any(lo <= start and end <= hi for lo, hi in self._counted):
-            bucket = _bucket(self.dialect, _HOUR_S).label("bucket")
-            ts = UsageEventRow.ts
-            stmt = select(bucket, func.count()).where(ts >= start, ts < end).group_by(bucket)
-            self._counts.update((_utc_bucket(b, _HOUR_S), int(n)) for b, n in self.conn.execute(stmt).all())
-            self._counted.append((start, end))
-        return {h: n for h, n in self._counts.items() if start <= h < end}
-
-    def _rolled_counts(self, start: datetime, end: datetime) -> dict[datetime, int]:
-        h = RollupHourRow
-        stmt = select(h.hour, h.raw_rows).where(h.dataset == _DATASET, h.hour >= start, h.hour < end)
-        return {hour: int(n) for hour, n in self.conn.execute(stmt).all()}
-
     def _rolled_spend(
-        self, scope: _Scope, start: datetime, end: datetime, hours: set[datetime]
+        self, scope: _Scope, start: datetime, end: datetime, stale: set[datetime]
     ) -> list[tuple[datetime, str | None, Decimal, int]]:
         r = UsageHourlyRow
         conds = [r.hour >= start, r.hour < end]
@@ -388,7 +691,7 @@ class _Ctx:
         sums = (func.sum(r.cost_usd_e10), func.sum(r.cost_cny_e10), func.sum(r.cost_jpy_e10), func.sum(r.unpriced))
         out: list[tuple[datetime, str | None, Decimal, int]] = []
         for hour, usd, cny, jpy, unpriced in self.conn.execute(select(r.hour, *sums).where(*conds).group_by(r.hour)):
-            if hour not in hours:
+            if hour in stale:
                 continue
             for currency, units in (("USD", usd), ("CNY", cny), ("JPY", jpy)):
                 if units:
@@ -414,20 +717,78 @@ def _floor_hour(at: datetime) -> datetime:
 
 def _ceil_hour(at: datetime) -> datetime:
     floor = _floor_hour(at)
-    return floor if floor == at else floor + timedelta(hours=1)
+    return floor if floor == at else floor + _HOUR
 
 
-def _merge(
-    ranges: list[tuple[datetime, datetime, bool, bool]],
-) -> list[tuple[datetime, datetime, bool, bool]]:
-    """Join ranges that touch (each ``(start, end, start included, end included)``), in time order."""
-    out: list[tuple[datetime, datetime, bool, bool]] = []
+def _whole_hours(start: datetime, end: datetime, include_start: bool) -> tuple[datetime, datetime]:
+    """[first, last) of the whole UTC hours inside the range (first >= last: none). A range that leaves out
+    its start leaves out an hour starting there too (the rollups would count an event at that instant)."""
+    first = _ceil_hour(start) if include_start else _floor_hour(start) + _HOUR
+    return first, max(first, _floor_hour(end))
+
+
+def _hour_range(start: datetime, end: datetime) -> list[datetime]:
+    """The hours from ``start`` (hour-aligned) up to ``end``, excluded."""
+    out: list[datetime] = []
+    hour = start
+    while hour < end:
+        out.append(hour)
+        hour += _HOUR
+    return out
+
+
+def _runs(hours: Sequence[datetime]) -> list[tuple[datetime, datetime]]:
+    """Sorted hours joined into [start, end) runs of consecutive hours."""
+    out: list[tuple[datetime, datetime]] = []
+    for hour in hours:
+        if out and out[-1][1] == hour:
+            out[-1] = (out[-1][0], hour + _HOUR)
+        else:
+            out.append((hour, hour + _HOUR))
+    return out
+
+
+def _raw_ranges(
+    start: datetime,
+    end: datetime,
+    include_start: bool,
+    first_full: datetime,
+    last_full: datetime,
+    raw_hours: Iterable[datetime],
+) -> list[_Range]:
+    """What the raw rows must answer of the range: the partial hours at both ends and ``raw_hours`` (whole
+    hours in [first_full, last_full)), joined where they touch."""
+    if first_full >= last_full:  # no whole hour in the range
+        return [(start, end, include_start, True)]
+    ranges: list[_Range] = [(h, h + _HOUR, True, False) for h in raw_hours if first_full <= h < last_full]
+    if start < first_full:
+        ranges.append((start, first_full, include_start, False))
+    ranges.append((last_full, end, True, True))
+    return _merge(ranges)
+
+
+def _merge(ranges: list[_Range]) -> list[_Range]:
+    """Join ranges that touch, in time order."""
+    out: list[_Range] = []
     for lo, hi, with_lo, with_hi in sorted(ranges):
         if out and out[-1][1] == lo and not out[-1][3]:
             out[-1] = (out[-1][0], hi, out[-1][2], with_hi)
         else:
             out.append((lo, hi, with_lo, with_hi))
     return out
+
+
+def _mixed_hours(factor: Callable[[datetime], Decimal] | None) -> Callable[[datetime], bool] | None:
+    """Whether a UTC hour holds two peak factors (a zone whose offset is not whole hours): such an hour needs
+    the 15-minute buckets of the raw rows, an hourly rollup row cannot be split."""
+    if factor is None:
+        return None
+
+    def mixed(hour: datetime) -> bool:
+        first = factor(hour)
+        return any(factor(hour + k * _QUARTER) != first for k in range(1, _HOUR_S // _BUCKET_S))
+
+    return mixed
 
 
 def _hours(span: timedelta) -> Decimal:
@@ -684,6 +1045,7 @@ def _coding_plan(ctx: _Ctx, plan: CodingPlan) -> list[QuotaStatus]:
     scope = _Scope(providers=(plan.provider,), sources=CODING_SOURCES, admitted_only=True)
     tokens = plan.unit == "tokens"
     weight, factor = _Weights(plan.model_weights), _peak_factor(plan)
+    mixed = _mixed_hours(factor)
 
     def weighted(groups: Iterable[tuple[str | None, datetime, Decimal]], *, peak: bool = True) -> Decimal:
         total = Decimal(0)
@@ -693,7 +1055,11 @@ def _coding_plan(ctx: _Ctx, plan: CodingPlan) -> list[QuotaStatus]:
 
     observed = ctx.burn_span(REQUEST_BURN_WINDOW)
     span = observed[0] if observed else None
-    recent = ctx.grouped(scope, now - observed[0], now, tokens=tokens, include_start=observed[1]) if observed else []
+    recent = (
+        ctx.grouped(scope, now - observed[0], now, tokens=tokens, include_start=observed[1], mixed=mixed)
+        if observed
+        else []
+    )
     burn = weighted(recent) / _hours(observed[0]) if observed else Decimal(0)
     base_rate = weighted(recent, peak=False) / _hours(observed[0]) if observed else Decimal(0)
     unweighted = sorted({m for m, _, _ in recent if m is not None and plan.model_weights and not weight.known(m)})
@@ -726,7 +1092,7 @@ def _coding_plan(ctx: _Ctx, plan: CodingPlan) -> list[QuotaStatus]:
                 ctx, scope, length, _FIVE_HOUR_LOOKBACK if key == WINDOW_5H else _WEEK_LOOKBACK, anchor
             )
             notes.append("window starts at the first request after the previous one ended")
-        used = weighted(ctx.grouped(scope, start, now, tokens=tokens)) if start else Decimal(0)
+        used = weighted(ctx.grouped(scope, start, now, tokens=tokens, mixed=mixed)) if start else Decimal(0)
         resets = start + length if start else None
         lim = Decimal(limit) if limit else None
         exhausts = _project(now, lim - used, base_rate, factor) if lim is not None else None

@@ -3,15 +3,21 @@ amount, burn rate, exhaustion time and reset a user would work out by hand."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 from zoneinfo import ZoneInfo
 
+import pytest
+from sqlalchemy import Engine, delete
+
+from monitor import quota
 from monitor.config import Settings, settings_from_dict
-from monitor.events import UsageEvent
+from monitor.events import EventSource, UsageEvent
 from monitor.fx import store_rates
+from monitor.models import RollupStateRow
 from monitor.money import Cost
 from monitor.outcomes import Outcome
 from monitor.quota import QuotaStatus, quota_statuses
@@ -358,3 +364,272 @@ def test_coding_plan_without_usage_or_limits(engine) -> None:
 
 def test_no_plans_no_statuses(engine) -> None:
     assert quota_statuses(engine, settings()) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Rollups: whole hours are read from the hourly rollups where they are current, the rest from the raw rows.
+# Whatever the state of the rollups, every figure must be the one the raw rows give.
+
+OUTCOME_MIX = (
+    [Outcome.OK] * 14
+    + [Outcome.RATE_LIMITED, Outcome.CONCURRENCY_LIMITED, Outcome.OVERLOADED, Outcome.QUOTA_EXHAUSTED]
+    + [Outcome.AUTH_ERROR, Outcome.CLIENT_ERROR, Outcome.SERVER_ERROR, Outcome.TIMEOUT, Outcome.CONTENT_FILTERED]
+)
+REFUSED = {
+    Outcome.RATE_LIMITED,
+    Outcome.CONCURRENCY_LIMITED,
+    Outcome.OVERLOADED,
+    Outcome.QUOTA_EXHAUSTED,
+    Outcome.AUTH_ERROR,
+    Outcome.CLIENT_ERROR,
+}
+
+
+def mixed_events(
+    rng: random.Random,
+    times: Iterator[datetime],
+    provider: str,
+    models: list[str | None],
+    sources: list[EventSource],
+    outcomes: list[Outcome] = OUTCOME_MIX,
+) -> list[UsageEvent]:
+    """One event per time with a random model, source and outcome; tokens on most of them, refused ones too."""
+    out = []
+    for t in times:
+        outcome = rng.choice(outcomes)
+        tokens = rng.random() < (0.9 if outcome not in REFUSED else 0.3)
+        usage = Usage(input_tokens=rng.randint(10, 900), output_tokens=rng.randint(1, 300)) if tokens else Usage()
+        out.append(
+            UsageEvent(
+                ts=t,
+                source=rng.choice(sources),
+                provider=provider,
+                model=rng.choice(models),
+                vantage="test",
+                outcome=outcome,
+                usage=usage,
+            )
+        )
+    return out
+
+
+def jittered(rng: random.Random, start: datetime, end: datetime, step: timedelta) -> Iterator[datetime]:
+    """About one time per ``step`` from ``start``, each at a random point of its step."""
+    for t in every(start, end, step):
+        yield t + timedelta(seconds=rng.uniform(0, step.total_seconds()))
+
+
+def on_the_hour(start: datetime, end: datetime, every_hours: int, per_hour: int) -> Iterator[datetime]:
+    """``per_hour`` times at exactly HH:00:00 every ``every_hours`` hours from the first whole hour at or after
+    ``start`` (a pruned hour's start is then the exact time of its first request)."""
+    first = start.replace(minute=0, second=0, microsecond=0)
+    first += timedelta(hours=1) if first < start else timedelta(0)
+    for t in every(first, end, timedelta(hours=every_hours)):
+        yield from [t] * per_hour
+
+
+def settle(engine: Engine, now: datetime) -> None:
+    """Refresh the rollups twice with no overlap: every raw row is then settled (below ``safe_id``), as in a
+    daemon once its overlap has passed, and whole hours are read from the rollups without counting raw rows."""
+    refresh_rollups(engine, now=now, overlap=timedelta(0))
+    refresh_rollups(engine, now=now, overlap=timedelta(0))
+
+
+def forget_rollups(engine: Engine) -> None:
+    """Drop the rollup bookkeeping of usage_events, as on a database no refresh ever ran on: every hour is then
+    read from the raw rows."""
+    with engine.begin() as conn:
+        conn.execute(delete(RollupStateRow).where(RollupStateRow.dataset == "usage_events"))
+
+
+def same_in_every_rollup_state(
+    engine: Engine, config: Settings, now: datetime, late: list[UsageEvent], monkeypatch: pytest.MonkeyPatch
+) -> tuple[list[QuotaStatus], list[QuotaStatus]]:
+    """The statuses without rollups (the raw truth), then rolled up but not settled (hours checked by their raw
+    counts: those of the unsettled rows, then every hour, as when too many rows are unsettled to look their
+    hours up), then settled, then with ``late`` events in rolled-up hours (stale hours), then settled again: each
+    must be the raw truth of its moment. Returns (truth before, truth after the late events)."""
+    raw = quota_statuses(engine, config, now=now)
+    refresh_rollups(engine, now=now)
+    assert quota_statuses(engine, config, now=now) == raw
+    with monkeypatch.context() as patch:
+        patch.setattr(quota, "_UNSETTLED_MAX", 0)
+        assert quota_statuses(engine, config, now=now) == raw
+    settle(engine, now)
+    assert quota_statuses(engine, config, now=now) == raw
+    write_events(engine, late)
+    stale = quota_statuses(engine, config, now=now)
+    assert stale != raw  # the late events count at once, before the next refresh
+    settle(engine, now)
+    assert quota_statuses(engine, config, now=now) == stale
+    forget_rollups(engine)
+    assert quota_statuses(engine, config, now=now) == stale
+    return raw, stale
+
+
+NOW = datetime(2026, 11, 24, 10, 17, 23, tzinfo=UTC)
+FREE = {
+    "kind": "free_tier",
+    "name": "flash",
+    "provider": "zai",
+    "models": ["glm-4.7-flash"],
+    "requests_per_minute": 5,
+    "requests_per_5h": 60,
+    "requests_per_day": 150,
+}
+
+
+def free_tier_traffic(rng: random.Random) -> list[UsageEvent]:
+    """Three days of zai traffic: on the hour until a day ago, at random times since; every source (probes
+    too) and outcome; quiet spells with refusals only, which must not open a 5-hour window; other models."""
+    flash: list[str | None] = ["glm-4.7-flash"]
+    sources: list[EventSource] = ["proxy", "transport", "probe"]
+    captured: list[EventSource] = ["proxy", "transport"]
+    admitted = [o for o in OUTCOME_MIX if o not in REFUSED]
+    refusals = [o for o in OUTCOME_MIX if o in REFUSED]
+    day = NOW - timedelta(days=1)
+    events = mixed_events(
+        rng, on_the_hour(NOW - timedelta(hours=45), day - timedelta(hours=8), 1, 2), "zai", flash, sources
+    )
+    # Captured refusals only (a pruned hour's probe errors of unknown kind would count as used).
+    events += mixed_events(
+        rng, on_the_hour(day - timedelta(hours=8), day - timedelta(hours=6), 1, 3), "zai", flash, captured, refusals
+    )
+    events += mixed_events(
+        rng, on_the_hour(day - timedelta(hours=6), day - timedelta(hours=1), 2, 1), "zai", flash, sources, admitted
+    )
+    events += mixed_events(
+        rng, jittered(rng, day, NOW - timedelta(hours=9), timedelta(minutes=7)), "zai", flash, sources
+    )
+    events += mixed_events(
+        rng,
+        jittered(rng, NOW - timedelta(hours=9), NOW - timedelta(hours=3), timedelta(minutes=20)),
+        "zai",
+        flash,
+        sources,
+        refusals,
+    )
+    events += mixed_events(
+        rng, jittered(rng, NOW - timedelta(hours=3), NOW, timedelta(minutes=4)), "zai", flash, sources
+    )
+    events += mixed_events(
+        rng, jittered(rng, NOW - timedelta(days=2), NOW, timedelta(minutes=9)), "zai", ["glm-4.7"], sources
+    )
+    events += mixed_events(
+        rng, jittered(rng, NOW - timedelta(days=2), NOW, timedelta(minutes=9)), "bigmodel", flash, sources
+    )
+    return events
+
+
+def test_free_tier_is_the_same_from_rollups_and_raw_rows(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = random.Random(1)
+    write_events(engine, free_tier_traffic(rng))
+    late = [
+        ev(NOW - timedelta(hours=5, minutes=7)),
+        ev(NOW - timedelta(hours=2, minutes=3), source="transport"),
+        ev(NOW - timedelta(hours=2, minutes=4), source="probe", outcome=Outcome.CLIENT_ERROR),  # refused
+        ev(NOW - timedelta(hours=2, minutes=5), source="probe", outcome=Outcome.SERVER_ERROR),  # used
+        ev(NOW - timedelta(minutes=50), outcome=Outcome.QUOTA_EXHAUSTED),
+        ev(NOW - timedelta(minutes=40), source="probe"),
+    ]
+
+    raw, after = same_in_every_rollup_state(engine, settings(FREE), NOW, late, monkeypatch)
+
+    assert [s.window for s in raw] == ["minute", "5 hours", "day"]
+    day, late_day = only(raw, "day"), only(after, "day")
+    assert day.used > 0 and late_day.used == day.used + 4
+
+    # Once the raw rows older than a day are pruned, the 5-hour chain walks through hours that only their
+    # rollups remember (their requests are on the hour, so an hour's start is the exact time).
+    settle(engine, NOW)
+    prune_raw(engine, retention_days=1, now=NOW)
+    assert quota_statuses(engine, settings(FREE), now=NOW) == after
+
+
+CODING_WEIGHTS = {"glm-5": 2.0, "glm-4.7": 1.0}
+
+
+def coding_traffic(rng: random.Random) -> list[UsageEvent]:
+    """Five weeks of Coding Plan traffic (on the hour until a day ago, at random times since) with weighted,
+    unweighted and nameless models, probes and refusals (some carrying tokens), and pay-as-you-go noise."""
+    models: list[str | None] = ["glm-5", "GLM-5", "glm-4.7", "glm-4.6", None]
+    sources: list[EventSource] = ["transport", "proxy", "probe"]
+    day = NOW - timedelta(days=1)
+    events = mixed_events(
+        rng,
+        on_the_hour(datetime(2026, 10, 29, 6, tzinfo=UTC), day - timedelta(days=10), 7, 3),
+        "zai-coding",
+        models,
+        sources,
+    )
+    events += mixed_events(rng, on_the_hour(day - timedelta(days=8), day, 3, 2), "zai-coding", models, sources)
+    events += mixed_events(rng, jittered(rng, day, NOW, timedelta(minutes=3)), "zai-coding", models, sources)
+    events += mixed_events(
+        rng, jittered(rng, NOW - timedelta(days=3), NOW, timedelta(minutes=30)), "zai", ["glm-5"], sources
+    )
+    return events
+
+
+@pytest.mark.parametrize("unit", ["prompts", "tokens"])
+@pytest.mark.parametrize("zone", ["Asia/Shanghai", "Asia/Kolkata"])  # Kolkata: peak hours start mid-UTC-hour
+def test_coding_plan_is_the_same_from_rollups_and_raw_rows(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch, unit: str, zone: str
+) -> None:
+    rng = random.Random(2)
+    write_events(engine, coding_traffic(rng))
+    plan = {
+        **CODING,
+        "unit": unit,
+        "peak_zone": zone,
+        "peak_hours": [14, 18],
+        "model_weights": CODING_WEIGHTS,
+        "five_hour_limit": 2000 if unit == "prompts" else 400_000,
+        "weekly_limit": 20_000 if unit == "prompts" else 4_000_000,
+    }
+    late = [
+        coding(NOW - timedelta(hours=1, minutes=37), model="glm-5", usage=Usage(input_tokens=700, output_tokens=50)),
+        coding(NOW - timedelta(hours=1, minutes=38), outcome=Outcome.RATE_LIMITED, usage=Usage(input_tokens=9)),
+        coding(NOW - timedelta(days=3, minutes=-5), model="glm-4.6", usage=Usage(input_tokens=5, output_tokens=5)),
+        coding(NOW - timedelta(minutes=75), source="probe", usage=Usage(input_tokens=5, output_tokens=5)),
+    ]
+
+    raw, after = same_in_every_rollup_state(engine, settings(plan), NOW, late, monkeypatch)
+
+    five, week = only(raw, "5 hours"), only(raw, "week")
+    assert 0 < five.used < week.used and five.resets_at is not None and week.resets_at is not None
+    assert only(after, "week").used > week.used
+
+
+def test_coding_plan_weekly_window_keeps_counting_usage_whose_raw_rows_were_pruned(engine: Engine) -> None:
+    rng = random.Random(3)
+    write_events(engine, coding_traffic(rng))
+    plan = {**CODING, "model_weights": CODING_WEIGHTS}
+    settle(engine, NOW)
+    before = quota_statuses(engine, settings(plan), now=NOW)
+
+    report = prune_raw(engine, retention_days=1, now=NOW)
+    after = quota_statuses(engine, settings(plan), now=NOW)
+
+    assert report.deleted["usage_events"] > 0
+    assert only(before, "week").used > only(before, "5 hours").used > 0
+    assert after == before
+
+
+def test_money_burn_window_leaves_out_its_first_instant_from_rollups_too(
+    engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime(2026, 11, 20, 12, 0, tzinfo=JST)  # on the hour: the burn window starts on the hour too
+    events = [
+        ev(t, model="glm-4.7", cost=Cost(Decimal("0.01"), "USD"))
+        for t in every(datetime(2026, 11, 15, 0, 5, tzinfo=JST), now, timedelta(minutes=10))
+    ]
+    exactly_a_day_ago = ev(now - timedelta(hours=24), model="glm-4.7", cost=Cost(Decimal(100), "USD"))
+    write_events(engine, [*events, exactly_a_day_ago])
+    late = [ev(now - timedelta(hours=5, minutes=1), model="glm-4.7", cost=Cost(Decimal(1), "USD"))]
+    plan = {"kind": "monthly_budget", "name": "b", "amount": "1000", "currency": "USD"}
+
+    (raw,), (after,) = same_in_every_rollup_state(engine, settings(plan), now, late, monkeypatch)
+
+    assert raw.burn_per_hour == Decimal("0.06")  # USD 0.06 an hour: the USD 100 at the window's start is out
+    # The late USD 1 falls in the last 24 hours.
+    assert after.burn_per_hour is not None and abs(after.burn_per_hour - Decimal("2.44") / 24) < Decimal("1e-9")
