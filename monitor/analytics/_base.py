@@ -284,6 +284,15 @@ def day_index_exprs(
     return (epoch + offset) // _DAY_S, epoch // _DAY_S
 
 
+def total(column: ColumnElement[Any]) -> ColumnElement[Any]:
+    """``SUM(column)``; for an integer column cast back to BIGINT, so Postgres returns ints, not ``numeric``
+    (``Decimal`` objects cost a Python conversion each; a sum of rollup integers fits 64 bits)."""
+    summed: ColumnElement[Any] = func.sum(column)
+    if isinstance(column.type, Integer):  # BigInteger is an Integer too
+        return sql_cast(summed, BigInteger)
+    return summed
+
+
 def numbers(values: pd.Series) -> pd.Series:
     """Integer sums as exact int64 (Postgres returns them as Decimal), other sums as floats; NULL as 0."""
     if values.dtype.kind in "iu":
@@ -341,7 +350,7 @@ def grouped(
     keys = [inner.c[k] for k in (["period"] if period else []) + list(dims)]
     stmt = select(
         *keys,
-        *(func.sum(inner.c[s]).label(s) for s in sums),
+        *(total(inner.c[s]).label(s) for s in sums),
         *(func.max(inner.c[m]).label(m) for m in maxes),
     )
     if keys:

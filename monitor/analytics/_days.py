@@ -25,6 +25,7 @@ from monitor.analytics._base import (
     numbers,
     read_frame,
     selections,
+    total,
 )
 from monitor.analytics._base import grouped as hourly_grouped
 from monitor.rollup_days import day_hours, kept_zones
@@ -163,9 +164,7 @@ def grouped(
         .subquery()
     )
     group = [inner.c[k] for k in keys]
-    stmt = select(
-        *group, *(func.sum(inner.c[s]).label(s) for s in sums), *(func.max(inner.c[m]).label(m) for m in maxes)
-    )
+    stmt = select(*group, *(total(inner.c[s]).label(s) for s in sums), *(func.max(inner.c[m]).label(m) for m in maxes))
     if group:
         stmt = stmt.group_by(*group)
     names = [*keys, *sums, *maxes]

@@ -33,7 +33,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from sqlalchemy import Connection, Subquery, Table, func, select
+from sqlalchemy import Connection, Subquery, Table, select
 
 from monitor.analytics._base import (
     DEFAULT_ZONE,
@@ -48,6 +48,7 @@ from monitor.analytics._base import (
     numbers,
     ratio,
     read_frame,
+    total,
     zone_of,
 )
 from monitor.analytics._days import day_conditions, split_days
@@ -191,7 +192,7 @@ def _daily_frame(conn: Connection, filters: Filters, zone: ZoneInfo, dims: Seque
 
     def summed(inner: Subquery, dates: Sequence[str] = ()) -> pd.DataFrame:
         group = [inner.c.local_day, inner.c.utc_day, *(inner.c[k] for k in keys)]
-        stmt = select(*group, *(func.sum(inner.c[m]).label(m) for m in measures)).group_by(*group)
+        stmt = select(*group, *(total(inner.c[m]).label(m) for m in measures)).group_by(*group)
         return read_frame(conn, stmt, names, dates=dates)
 
     def hours(part: Filters) -> pd.DataFrame:
