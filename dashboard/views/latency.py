@@ -37,7 +37,7 @@ show = fmt.per_second if is_speed else fmt.ms
 
 # --- over time
 st.subheader(t("latency.over_time", metric=metric_labels[metric], pct=pct))
-frame = data.latency(v.url, v.filters, granularity, v.zone_name)
+frame = data.latency(v.url, v.filters, granularity, v.zone_name, metric)
 frame = frame[frame["metric"] == metric] if not frame.empty else frame
 if frame.empty:
     st.info(t("common.no_data_range"))
