@@ -48,14 +48,14 @@ import os
 import threading
 import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import urlsplit
 
 import httpx
 
-from monitor.capture.recorder import Exchange, RecorderStats, Sink, parse_request
+from monitor.capture.recorder import Exchange, RecorderStats, Sink
 from monitor.pricing import PriceCatalog
 from monitor.providers import Endpoint, Provider, match_url
 from monitor.redact import redact
@@ -175,23 +175,26 @@ def _joined(out: bytes | Iterable[bytes]) -> bytes:
 
 
 class _Tap:
-    """Feeds an ``Exchange`` the response bytes as the application reads them, and finishes it exactly once."""
+    """Feeds an ``Exchange`` the response bytes as the application reads them, and finishes it exactly once.
 
-    __slots__ = ("decoder", "exchange", "expected", "read_to_end", "seen")
+    The tap streams call ``take`` with each raw chunk, after adding its size to ``seen``: it is the exchange's own
+    ``feed`` when the body is not content-encoded (one call per chunk on the request path), else a method that
+    decodes the chunk for the exchange first.
+    """
 
-    def __init__(self, exchange: Exchange, decoder: _Decoder | None, expected: int | None) -> None:
+    __slots__ = ("decoder", "exchange", "headers", "read_to_end", "seen", "take")
+
+    def __init__(self, exchange: Exchange, decoder: _Decoder | None, headers: Mapping[str, str]) -> None:
         self.exchange = exchange
         self.decoder = decoder
-        self.expected = expected
+        self.headers = headers
         self.seen = 0
         self.read_to_end = False
+        self.take: Callable[[bytes], None] = exchange.feed if decoder is None else self._decode
 
-    def see(self, chunk: bytes) -> None:
-        self.seen += len(chunk)
+    def _decode(self, chunk: bytes) -> None:
         decoder = self.decoder
-        if decoder is None:
-            self.exchange.feed(chunk)
-        else:
+        if decoder is not None:
             self._feed_decoded(decoder.decode, chunk)
 
     def _feed_decoded(self, step: Callable[..., bytes | Iterable[bytes]], *args: bytes) -> None:
@@ -222,7 +225,14 @@ class _Tap:
         """The application closed the response. SDKs close a stream right after its end marker without reading
         the (empty) rest, so only a body known to be short (Content-Length) counts as cut off here; otherwise
         the usage parser's own view (end marker seen or not) says whether the answer was complete."""
-        short = not self.read_to_end and self.expected is not None and self.seen < self.expected
+        short = False
+        if not self.read_to_end:
+            # Content-Length is looked up only here: a body read to its end never needs it.
+            try:
+                length = self.headers.get("content-length")
+                short = length is not None and length.isdigit() and self.seen < int(length)
+            except Exception as exc:  # closing must never fail because of us
+                self.exchange.stats.failed("closed", exc)
         self.exchange.finish(disconnected=short)
 
 
@@ -247,9 +257,11 @@ class _SyncTapStream:
 
     def __iter__(self) -> Iterator[bytes]:
         tap = self._tap
+        take = tap.take
         try:
             for chunk in self._inner:
-                tap.see(chunk)
+                tap.seen += len(chunk)
+                take(chunk)
                 yield chunk
         except GeneratorExit:
             raise  # the application stopped reading; its close() finishes the event
@@ -274,9 +286,11 @@ class _AsyncTapStream:
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
         tap = self._tap
+        take = tap.take
         try:
             async for chunk in self._inner:
-                tap.see(chunk)
+                tap.seen += len(chunk)
+                take(chunk)
                 yield chunk
         except GeneratorExit:
             raise
@@ -471,19 +485,20 @@ class Recorder:
             provider, endpoint = found
             app = self.app
             headers = request.headers
-            if APP_HEADER in headers:
+            if _has_app_header(headers):
                 app = headers[APP_HEADER] or app
                 del headers[APP_HEADER]
-            info = parse_request(_body(request))
-            if endpoint.dialect == "dashscope" and not info.stream:
+            stream_asked = False
+            if endpoint.dialect == "dashscope":
                 # DashScope native streams are asked for with a header, not in the body.
                 sse = headers.get("x-dashscope-sse", "").lower() == "enable"
-                if sse or "text/event-stream" in headers.get("accept", ""):
-                    info = replace(info, stream=True)
+                stream_asked = sse or "text/event-stream" in headers.get("accept", "")
+            # The body is parsed when the event is built, off the request path (up to DEFER_BYTES it is kept).
             return Exchange(
                 provider=provider,
                 endpoint=endpoint,
-                request=info,
+                request_body=_body(request),
+                stream_asked=stream_asked,
                 source="transport",
                 vantage=self.vantage,
                 app=app,
@@ -503,9 +518,7 @@ class Recorder:
             if 300 <= status < 400 and "location" in headers:
                 return response  # not an answer: the request it leads to is recorded (the exchange is dropped)
             exchange.response_started(status, headers)
-            length = headers.get("content-length")
-            expected = int(length) if length is not None and length.isdigit() else None
-            tap = _Tap(exchange, _decoder(headers.get("content-encoding"), flavour), expected)
+            tap = _Tap(exchange, _decoder(headers.get("content-encoding"), flavour), headers)
             response.stream = (flavour.sync_stream if sync else flavour.async_stream)(response.stream, tap)
         except Exception as exc:
             self.stats.failed("watch", exc)
@@ -517,6 +530,16 @@ def _settings(settings: Settings | None) -> Settings:
     if settings is None:  # pragma: no cover - settings are loaded whenever something is missing
         raise ValueError("no settings")
     return settings
+
+
+_APP_HEADER_BYTES = APP_HEADER.encode("ascii")
+
+
+def _has_app_header(headers: Any) -> bool:
+    """Whether the request names its app (``X-Monitor-App``), looked for among the raw header names: ``in`` on
+    httpx headers would first decode every header name and value to pick their encoding."""
+    size = len(_APP_HEADER_BYTES)
+    return _APP_HEADER_BYTES in [name.lower() for name, _ in headers.raw if len(name) == size]
 
 
 def _body(request: Any) -> bytes | None:
