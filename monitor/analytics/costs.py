@@ -41,8 +41,8 @@ from monitor.analytics._base import (
     Filters,
     conditions,
     connect,
-    day_index,
     day_index_exprs,
+    day_number,
     day_of_index,
     empty,
     numbers,
@@ -208,12 +208,12 @@ def _daily_frame(conn: Connection, filters: Filters, zone: ZoneInfo, dims: Seque
     if split.zone is not None:
         d = cast(Table, UsageDailyRow.__table__)
         inner = select(
-            d.c.day.label("local_day"), d.c.utc_day, *(d.c[k] for k in keys), *(d.c[m] for m in measures)
+            day_number(conn, d.c.day).label("local_day"),
+            day_number(conn, d.c.utc_day).label("utc_day"),
+            *(d.c[k] for k in keys),
+            *(d.c[m] for m in measures),
         ).where(*day_conditions(d, filters, split, apps=True, sources=True))
-        days = summed(inner.subquery(), dates=["local_day", "utc_day"])
-        for name in ("local_day", "utc_day"):
-            days[name] = days[name].map(day_index)
-        parts.append(days)
+        parts.append(summed(inner.subquery()))
     parts = [p for p in parts if not p.empty]
     if not parts:
         return empty(names)
@@ -299,11 +299,17 @@ def _aggregate(
         day=frame["local_day"].map(days),
         period=frame["local_day"].map({i: _period_start(d, period, first_day) for i, d in days.items()}),
     )
-    out = frame.groupby(key, sort=True, dropna=False)[list(_COUNTS)].sum()
     units = list(_UNITS.values())
-    money = frame.groupby([*key, "day"], sort=True, dropna=False)[units].sum().reset_index()
-    gid = money.groupby(key, sort=True, dropna=False).ngroup().to_numpy()
+    # One grouping per (key, local day); per day the key already holds the day, so each row is its own group.
+    money = frame.groupby([*key, "day"], sort=True, dropna=False)[[*_COUNTS, *units]].sum().reset_index()
     n = len(money)
+    gid: npt.NDArray[np.integer[Any]]
+    if period == "day":
+        gid = np.arange(n)
+        out = money.set_index(key)[list(_COUNTS)].copy()
+    else:
+        gid = money.groupby(key, sort=True, dropna=False).ngroup().to_numpy()
+        out = money.groupby(key, sort=True, dropna=False)[list(_COUNTS)].sum()
     day_of_row = money["day"].to_numpy(dtype=object)
     unique_days = list(dict.fromkeys(day_of_row))
     totals = {dst: _zeros(n) for dst in CURRENCIES}
