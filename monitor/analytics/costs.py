@@ -321,6 +321,9 @@ def _aggregate(
         if len(nz):
             amounts[nz] = _objects((Decimal(int(v)) for v in values[nz]), len(nz)) / COST_SCALE
             for dst in CURRENCIES:
+                if dst == src:  # no conversion: the factor is exactly 1
+                    totals[dst][nz] = totals[dst][nz] + amounts[nz]
+                    continue
                 factor = {d: converter.factor(d, src, dst) for d in unique_days}
                 totals[dst][nz] = totals[dst][nz] + amounts[nz] * _objects(
                     map(factor.__getitem__, day_of_row[nz]), len(nz)
@@ -369,7 +372,10 @@ def _add_savings(
     rows_of = pd.Series(out.index.get_indexer(index))  # each row's group in ``out`` (every group is there)
     for dst in CURRENCIES:
         factor = {p: converter.factor(p[0], p[1], dst) for p in set(pairs)}
-        values = saved * _objects(map(factor.__getitem__, pairs), len(pairs))
+        if all(p[1] == dst for p in factor):  # every price is in ``dst``: nothing to convert
+            values = saved
+        else:
+            values = saved * _objects(map(factor.__getitem__, pairs), len(pairs))
         summed = pd.Series(values).groupby(rows_of).sum()
         column = out[f"savings_{dst.lower()}"].to_numpy(dtype=object, copy=True)
         column[summed.index.to_numpy()] = summed.to_numpy()
