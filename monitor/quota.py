@@ -205,6 +205,14 @@ class _Scope:
             conds.append(UsageEventRow.outcome.not_in(REFUSED_OUTCOMES))
         return and_(*conds)
 
+    def rollup_where(self, table: Any) -> list[ColumnElement[bool]]:
+        """The provider, model and source selections on an hourly rollup model (usage or outcome rows)."""
+        conds: list[ColumnElement[bool]] = []
+        for name, values in (("provider", self.providers), ("model", self.models), ("source", self.sources)):
+            if values is not None:
+                conds.append(getattr(table, name).in_(values))
+        return conds
+
 
 def _bucket(dialect: str, seconds: int) -> ColumnElement[int]:
     """``floor(epoch(ts) / seconds)`` as an integer, on SQLite (naive UTC text) and Postgres (timestamptz)."""
@@ -470,13 +478,7 @@ class _Ctx:
             return _HourlyUsage(lo, hi, {}, set(_hour_range(lo, hi)))
         floor = state.raw_floor
         r = UsageHourlyRow
-        conds: list[ColumnElement[bool]] = [r.hour >= lo, r.hour < hi]
-        if scope.providers is not None:
-            conds.append(r.provider.in_(scope.providers))
-        if scope.models is not None:
-            conds.append(r.model.in_(scope.models))
-        if scope.sources is not None:
-            conds.append(r.source.in_(scope.sources))
+        conds: list[ColumnElement[bool]] = [r.hour >= lo, r.hour < hi, *scope.rollup_where(r)]
         unclassified = case((r.source == "probe", r.requests - r.ok - r.throttled), else_=0)
         sums = (func.sum(r.requests), func.sum(r.throttled), func.sum(r.ok), func.sum(unclassified))
         tokens = func.sum(r.input_tokens + r.output_tokens)
@@ -513,13 +515,8 @@ class _Ctx:
                 o.hour < hi,
                 o.outcome.in_(_REFUSED_UNTHROTTLED),
                 o.source != "probe",  # probe_results' breakdown, not the usage rows'
+                *scope.rollup_where(o),
             ]
-            if scope.providers is not None:
-                conds.append(o.provider.in_(scope.providers))
-            if scope.models is not None:
-                conds.append(o.model.in_(scope.models))
-            if scope.sources is not None:
-                conds.append(o.source.in_(scope.sources))
             stmt = select(o.hour, o.model, func.sum(o.requests)).where(*conds).group_by(o.hour, o.model)
             hourly.refused.update(((h, m or None), int(n)) for h, m, n in self.conn.execute(stmt).all())
 
