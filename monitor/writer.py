@@ -647,6 +647,11 @@ class EventWriter:
                 raw[plan].append(row)
         return out, raw
 
+    @property
+    def pending_prepare(self) -> Callable[[], None] | None:
+        """The ``prepare`` step while it has not succeeded yet (None once it has, or if there was none)."""
+        return self._prepare_step
+
     def _ready(self) -> None:
         """Run the ``prepare`` step once it succeeds (it raises while the database is away)."""
         if self._prepare_step is None:

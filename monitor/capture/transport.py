@@ -401,7 +401,8 @@ def _restart_writers_in_child() -> None:
     _writers_lock = threading.Lock()
     for url, old in list(_writers.items()):
         old.engine.dispose(close=False)
-        _writers[url] = _start_writer(old.engine, url)
+        # A migration still waiting for the database (it was away at start) is the child's to run too.
+        _writers[url] = _start_writer(old.engine, url, old.pending_prepare)
 
 
 if hasattr(os, "register_at_fork"):
