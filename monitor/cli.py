@@ -26,9 +26,12 @@ from monitor import __version__
 from monitor.errors import ConfigError, MonitorError
 
 if TYPE_CHECKING:
+    from sqlalchemy import Engine
+
     from monitor.config import Settings
     from monitor.events import ProbeResult
     from monitor.status import StatusReport
+    from monitor.writer import EventWriter
 
 console = Console()
 err_console = Console(stderr=True)
@@ -77,7 +80,6 @@ def _run_daemon(
     """Migrate, optionally backfill, start the dashboard, then probe until signalled; flush before returning."""
     from monitor.daemon import Daemon
     from monitor.store import describe_url, make_engine, upgrade_or_defer
-    from monitor.writer import open_writer
 
     prepare = upgrade_or_defer(settings.database.url)
     engine = make_engine(settings.database.url)
@@ -89,13 +91,7 @@ def _run_daemon(
 
         console.print(f"backfilling {backfill_days:g} days of simulated history ...")
         console.print(f"  {backfill(engine, settings, backfill_days)} events written")
-    writer = open_writer(
-        engine,
-        settings.database.url,
-        spool_path=settings.database.spool_path,
-        max_queue=settings.database.max_queue,
-        prepare=prepare,
-    )
+    writer = _writer_for(settings, engine, prepare)
     daemon = Daemon(settings, engine, writer, environ=environ)
     console.print(f"database: {describe_url(settings.database.url)}; vantage: {settings.vantage}")
     for line in daemon.describe_schedule():
@@ -111,6 +107,14 @@ def _run_daemon(
             board.wait(10)
     console.print(f"stopped after {daemon.probes_done} probes; every result is stored")
     return 0
+
+
+def _writer_for(settings: Settings, engine: Engine, prepare: Callable[[], None] | None) -> EventWriter:
+    """The started writer of ``[database]`` (its spool and queue bound), running ``prepare`` before it writes."""
+    from monitor.writer import open_writer
+
+    db = settings.database
+    return open_writer(engine, db.url, spool_path=db.spool_path, max_queue=db.max_queue, prepare=prepare)
 
 
 def _start_dashboard(settings: Settings) -> subprocess.Popen[bytes] | None:
@@ -273,7 +277,6 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     """Run the recording reverse proxy until interrupted; every request is stored as a usage event."""
     from monitor.capture.proxy import serve
     from monitor.store import describe_url, make_engine, upgrade_or_defer
-    from monitor.writer import open_writer
 
     settings = _settings(args)
     prepare = upgrade_or_defer(settings.database.url)
@@ -285,13 +288,7 @@ def cmd_proxy(args: argparse.Namespace) -> int:
     for provider in catalog.values():
         for ep in provider.endpoints:
             console.print(f"  http://{host}:{port}/{ep.route}/... -> {ep.base_url}/...", highlight=False)
-    writer = open_writer(
-        engine,
-        settings.database.url,
-        spool_path=settings.database.spool_path,
-        max_queue=settings.database.max_queue,
-        prepare=prepare,
-    )
+    writer = _writer_for(settings, engine, prepare)
     if prepare is not None:
         err_console.print("the database is unreachable: recording to the spool until it is back (then migrating it)")
     console.print(f"spool (used while the database is away): {writer.spool.path if writer.spool else '-'}")
