@@ -89,7 +89,7 @@ from monitor.models import (
 from monitor.money import CURRENCIES, Cost, Currency
 from monitor.outcomes import THROTTLED, Outcome
 from monitor.quota_poller import TIME_LIMIT, TOKENS_LIMIT, WINDOW_5H, WINDOW_MONTH, WINDOW_WEEK, plan_key
-from monitor.rollup import COST_SCALE
+from monitor.rollup import COST_SCALE, floor_hour, hour_runs
 
 __all__ = [
     "OFFICIAL_MAX_AGE",
@@ -436,7 +436,7 @@ class _Ctx:
         todo = [h for h in hours if h not in self._counted]
         bucket = _bucket(self.dialect, _HOUR_S).label("bucket")
         ts = UsageEventRow.ts
-        for lo, hi in _runs(todo):
+        for lo, hi in hour_runs(todo):
             stmt = select(bucket, func.count()).where(ts >= lo, ts < hi).group_by(bucket)
             self._counts.update((_utc_bucket(b, _HOUR_S), int(n)) for b, n in self.conn.execute(stmt).all())
         self._counted.update(todo)
@@ -509,7 +509,7 @@ class _Ctx:
         )
         hourly.broken_down.update(h for h in hours if h in hourly.rows)
         o = OutcomeHourlyRow
-        for lo, hi in _runs(todo):
+        for lo, hi in hour_runs(todo):
             conds: list[ColumnElement[bool]] = [
                 o.hour >= lo,
                 o.hour < hi,
@@ -708,20 +708,16 @@ class _Ctx:
         return max(seen, window / 12), True
 
 
-def _floor_hour(at: datetime) -> datetime:
-    return at.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
-
-
 def _ceil_hour(at: datetime) -> datetime:
-    floor = _floor_hour(at)
+    floor = floor_hour(at)
     return floor if floor == at else floor + _HOUR
 
 
 def _whole_hours(start: datetime, end: datetime, include_start: bool) -> tuple[datetime, datetime]:
     """[first, last) of the whole UTC hours inside the range (first >= last: none). A range that leaves out
     its start leaves out an hour starting there too (the rollups would count an event at that instant)."""
-    first = _ceil_hour(start) if include_start else _floor_hour(start) + _HOUR
-    return first, max(first, _floor_hour(end))
+    first = _ceil_hour(start) if include_start else floor_hour(start) + _HOUR
+    return first, max(first, floor_hour(end))
 
 
 def _hour_range(start: datetime, end: datetime) -> list[datetime]:
@@ -731,17 +727,6 @@ def _hour_range(start: datetime, end: datetime) -> list[datetime]:
     while hour < end:
         out.append(hour)
         hour += _HOUR
-    return out
-
-
-def _runs(hours: Sequence[datetime]) -> list[tuple[datetime, datetime]]:
-    """Sorted hours joined into [start, end) runs of consecutive hours."""
-    out: list[tuple[datetime, datetime]] = []
-    for hour in hours:
-        if out and out[-1][1] == hour:
-            out[-1] = (out[-1][0], hour + _HOUR)
-        else:
-            out.append((hour, hour + _HOUR))
     return out
 
 

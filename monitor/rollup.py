@@ -105,6 +105,7 @@ __all__ = [
     "bucket_lower_edge",
     "bucket_of",
     "floor_hour",
+    "hour_runs",
     "pack_hist",
     "prune_raw",
     "rebuild_rollups",
@@ -377,8 +378,11 @@ def _advance_state(
 # --- finding the hours to recompute -------------------------------------------------------------------------
 
 
-def _runs(hours: Iterable[datetime], gap_hours: int, max_len: int | None = None) -> list[tuple[datetime, datetime]]:
-    """Sorted hours grouped into [start, end) ranges, joining gaps up to ``gap_hours`` and capping the length."""
+def hour_runs(
+    hours: Iterable[datetime], gap_hours: int = 0, max_len: int | None = None
+) -> list[tuple[datetime, datetime]]:
+    """Hours (any order, repeats allowed) grouped into sorted [start, end) ranges, joining gaps up to ``gap_hours``
+    (0: only consecutive hours) and capping each range at ``max_len`` hours."""
     runs: list[tuple[datetime, datetime]] = []
     hour = timedelta(hours=1)
     for h in sorted(set(hours)):
@@ -672,11 +676,11 @@ def _refresh_dataset(
                 floor.isoformat() if floor else "",
             )
         changed: list[datetime] = []
-        for start, end in _runs((h for h in candidates if floor is None or h >= floor), _MERGE_GAP_HOURS):
+        for start, end in hour_runs((h for h in candidates if floor is None or h >= floor), _MERGE_GAP_HOURS):
             actual = _raw_counts(conn, raw, start, end)
             known = _known_counts(conn, dataset, start, end)
             changed += [h for h in actual.keys() | known.keys() if actual.get(h, 0) != known.get(h, 0)]
-    for start, end in _runs(changed, 0, CHUNK_HOURS):
+    for start, end in hour_runs(changed, 0, CHUNK_HOURS):
         with _write_txn(engine) as conn:
             _recompute(conn, dataset, start, end, now, zones)
     _advance_state(engine, dataset, state, max_id, now, overlap)
