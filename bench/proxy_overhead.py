@@ -3,14 +3,15 @@
     python bench/proxy_overhead.py [--levels 1,10,100] [--rounds 8,6,4] [--per-worker 8,4,3] [--tokens 30]
                                    [--token-ms 20]
 
-Three processes besides this one: a minimal streaming upstream (uvicorn; 50 ms to the first token, then a token
+Four processes besides this one: a minimal streaming upstream (uvicorn; 50 ms to the first token, then a token
 every 20 ms, an OpenAI-style usage chunk only when asked), the GLM Monitor proxy exactly as ``glm-monitor proxy``
-serves it (recording into a scratch SQLite file), and a bare starlette + httpx pass-through that records nothing
-(single-connection clients from a free-list: the practical floor for a Python proxy here). The load generator
+serves it (recording into a scratch SQLite file), and two bare pass-throughs that record nothing: starlette +
+httpx (single-connection clients from a free-list, as the issue's floor) and plain ASGI + aiohttp (the client
+library the proxy uses: the practical floor for a Python proxy here). The load generator
 (this process) speaks HTTP/1.1 on raw asyncio streams, one kept-alive connection per concurrent stream, so it
 adds no pool of its own. N concurrent streams: N connections each running requests back to back, their starts
 staggered over one stream's length, so N streams are in flight and arrive spread out as steady traffic does.
-Rounds alternate direct / proxy / bare (rotating the order) so machine drift cancels.
+Rounds alternate direct / proxy / bare / bare-aiohttp (rotating the order) so machine drift cancels.
 
 Prints per concurrency level the time to first body byte (TTFB) and the total time, p50 and p99, and what the
 proxies add over direct; the CPU time each proxy process spent per stream (psutil) and the proxy's peak RSS; and
@@ -40,6 +41,7 @@ from typing import Any
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
+TARGETS = ("direct", "proxy", "bare", "bare-aiohttp")
 TTFT_S = 0.05
 TOKEN_S = 0.02  # 50 tokens/s per stream, about what GLM-4.7 streams at (--token-ms changes it)
 
@@ -109,6 +111,50 @@ def run_proxy(port: int, upstream: str, db: str) -> None:
         serve(settings, writer, "127.0.0.1", port)
 
 
+def run_bare_aiohttp(port: int, upstream: str) -> None:
+    import aiohttp
+    import uvicorn
+
+    hop = {
+        b"connection",
+        b"keep-alive",
+        b"transfer-encoding",
+        b"te",
+        b"trailer",
+        b"upgrade",
+        b"content-length",
+        b"host",
+    }
+    session: aiohttp.ClientSession | None = None
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        nonlocal session
+        if scope["type"] != "http":
+            return
+        if session is None:
+            session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=4.0), auto_decompress=False
+            )
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        path = scope["path"].removeprefix("/bench")
+        headers = {k.decode(): v.decode() for k, v in scope["headers"] if k not in hop}
+        async with session.request(
+            scope["method"], upstream + "/v1" + path, headers=headers, data=body, skip_auto_headers=("User-Agent",)
+        ) as response:
+            out = [(k, v) for k, v in response.raw_headers if k.lower() not in hop]
+            await send({"type": "http.response.start", "status": response.status, "headers": out})
+            async for part in response.content.iter_any():
+                await send({"type": "http.response.body", "body": part, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning", access_log=False, lifespan="off")
+
+
 def run_bare(port: int, upstream: str) -> None:
     import httpx
     import uvicorn
@@ -121,7 +167,11 @@ def run_bare(port: int, upstream: str) -> None:
     hop = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", "upgrade", "content-length", "host"}
 
     async def forward(request: Request) -> StreamingResponse:
-        client = free.pop() if free else httpx.AsyncClient(limits=httpx.Limits(max_connections=1), timeout=None)
+        client = (
+            free.pop()
+            if free
+            else httpx.AsyncClient(limits=httpx.Limits(max_connections=1, keepalive_expiry=2.0), timeout=None)
+        )
         path = request.url.path.removeprefix("/bench")
         headers = [(k, v) for k, v in request.headers.raw if k.decode() not in hop]
         upstream_request = client.build_request(
@@ -285,17 +335,17 @@ async def measure_level(
     ports: dict[str, int],
     procs: dict[str, psutil.Process],
 ) -> dict[str, Any]:
-    paths = {"direct": b"/v1/chat/completions", "proxy": b"/bench/chat/completions", "bare": b"/bench/chat/completions"}
+    paths = {name: b"/v1/chat/completions" if name == "direct" else b"/bench/chat/completions" for name in TARGETS}
     conns = {name: [Conn(ports[name]) for _ in range(n)] for name in paths}
     stream_s = TTFT_S + tokens * token_s
     for name in paths:  # warm-up: open the connections, fill the proxies' upstream pools
         await round_(conns[name], paths[name], 1, 0.0)
     samples: dict[str, list[tuple[float, float, int]]] = {name: [] for name in paths}
     # "direct": the upstream's own CPU while serving the direct rounds, the cost of the stream itself here.
-    cpu: dict[str, float] = dict.fromkeys(("direct", "proxy", "bare"), 0.0)
-    order = ["direct", "proxy", "bare"]
+    cpu: dict[str, float] = dict.fromkeys(TARGETS, 0.0)
+    order = list(TARGETS)
     for r in range(rounds):
-        for name in order[r % 3 :] + order[: r % 3]:
+        for name in order[r % len(order) :] + order[: r % len(order)]:
             for c in conns[name]:  # fresh connections each round: servers close idle ones after 5 s
                 if c.writer is not None:
                     c.writer.close()
@@ -310,7 +360,7 @@ async def measure_level(
             if c.writer is not None:
                 c.writer.close()
     sizes = {name: {s[2] for s in v} for name, v in samples.items()}
-    assert sizes["proxy"] == sizes["direct"] == sizes["bare"], sizes
+    assert all(v == sizes["direct"] for v in sizes.values()), sizes
     out: dict[str, Any] = {"n": n, "streams": len(samples["proxy"])}
     for name, values in samples.items():
         out[name] = {
@@ -330,7 +380,7 @@ def _cpu(proc: psutil.Process) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--role", choices=["upstream", "proxy", "bare"])
+    parser.add_argument("--role", choices=["upstream", "proxy", "bare", "bare-aiohttp"])
     parser.add_argument("--port", type=int)
     parser.add_argument("--upstream")
     parser.add_argument("--db")
@@ -346,11 +396,13 @@ def main() -> None:
         return run_proxy(args.port, args.upstream, args.db)
     if args.role == "bare":
         return run_bare(args.port, args.upstream)
+    if args.role == "bare-aiohttp":
+        return run_bare_aiohttp(args.port, args.upstream)
 
     levels = [int(x) for x in args.levels.split(",")]
     rounds = [int(x) for x in args.rounds.split(",")]
     per = [int(x) for x in args.per_worker.split(",")]
-    ports = {name: free_port() for name in ("direct", "proxy", "bare")}
+    ports = {name: free_port() for name in TARGETS}
     upstream = f"http://127.0.0.1:{ports['direct']}"
     with tempfile.TemporaryDirectory() as tmp:
         db = os.path.join(tmp, "bench.db")
@@ -366,8 +418,9 @@ def main() -> None:
             ) as up,
             process("--role", "proxy", "--upstream", upstream, "--db", db, port=ports["proxy"]) as proxy,
             process("--role", "bare", "--upstream", upstream, port=ports["bare"]) as bare,
+            process("--role", "bare-aiohttp", "--upstream", upstream, port=ports["bare-aiohttp"]) as bare_aiohttp,
         ):
-            procs = {"direct": up, "proxy": proxy, "bare": bare}
+            procs = {"direct": up, "proxy": proxy, "bare": bare, "bare-aiohttp": bare_aiohttp}
             sampler = RssSampler(proxy)
             results = [
                 _run(measure_level(n, r, k, args.tokens, args.token_ms / 1000, ports, procs))
@@ -397,12 +450,12 @@ def _stored(db: str) -> int:
 def report(results: list[dict[str, Any]], peak: int, stored: int, tokens: int, token_ms: float) -> None:
     print(f"upstream: TTFT {TTFT_S * 1000:.0f} ms, {tokens} tokens {token_ms:g} ms apart; times in ms")
     print(
-        f"{'streams':>7} {'samples':>7} {'who':>6} | {'TTFB p50':>9} {'p99':>7} | {'added TTFB p50':>14} "
+        f"{'streams':>7} {'samples':>7} {'who':>12} | {'TTFB p50':>9} {'p99':>7} | {'added TTFB p50':>14} "
         f"{'p99':>7} | {'added total p50':>15} {'p99':>7} | {'CPU/stream':>10}"
     )
     for res in results:
         d = res["direct"]
-        for name in ("direct", "proxy", "bare"):
+        for name in TARGETS:
             s = res[name]
             cpu = f"{res['cpu_ms'][name]:10.2f}" if name in res["cpu_ms"] else " " * 10
             added = (
@@ -412,12 +465,14 @@ def report(results: list[dict[str, Any]], peak: int, stored: int, tokens: int, t
                 else " " * 22 + " | " + " " * 23
             )
             print(
-                f"{res['n']:>7} {res['streams']:>7} {name:>6} | {s['ttfb50'] * 1000:9.2f} {s['ttfb99'] * 1000:7.2f} | "
+                f"{res['n']:>7} {res['streams']:>7} {name:>12} | {s['ttfb50'] * 1000:9.2f} {s['ttfb99'] * 1000:7.2f} | "
                 f"{added} | {cpu}"
             )
-        p, b = res["proxy"], res["bare"]
-        ratio = (p["ttfb50"] - d["ttfb50"]) / max(1e-6, b["ttfb50"] - d["ttfb50"])
-        print(f"{'':>7} {'':>7} {'':>6}   added TTFB p50 proxy / bare = {ratio:.2f}")
+        p = res["proxy"]
+        for bare in ("bare", "bare-aiohttp"):
+            b = res[bare]
+            ratio = (p["ttfb50"] - d["ttfb50"]) / max(1e-6, b["ttfb50"] - d["ttfb50"])
+            print(f"{'':>7} {'':>7} {'':>12}   added TTFB p50 proxy / {bare} = {ratio:.2f}")
     print("CPU/stream of 'direct' is the upstream's own: what merely sending these chunks costs on this machine")
     print(f"proxy peak RSS: {peak / 2**20:.1f} MB; events stored: {stored}")
     transport = ROOT / "bench" / "transport_overhead.py"

@@ -33,10 +33,11 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping, MutableMapping
 from dataclasses import replace
 from types import TracebackType
-from typing import Any
+from typing import Any, NamedTuple
 
-import httpx
+import aiohttp
 import uvicorn
+from yarl import URL
 
 from monitor.asgi_drop import DropConnection, install_quiet_drop_filter
 from monitor.capture.recorder import Exchange, RecorderStats, RequestInfo, Sink, parse_request
@@ -44,7 +45,7 @@ from monitor.capture.routes import Route, RouteTable
 from monitor.capture.upstream import (
     APP_HEADER,
     Headers,
-    UpstreamPool,
+    UpstreamClient,
     body_decoder,
     is_hop_by_hop,
     response_headers,
@@ -72,8 +73,12 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
-DEFAULT_TIMEOUT = httpx.Timeout(connect=10.0, read=600.0, write=60.0, pool=10.0)
-"""Upstream timeouts: ``read`` is the longest silence allowed (a thinking model may be quiet for minutes)."""
+DEFAULT_TIMEOUT = aiohttp.ClientTimeout(total=None, connect=10.0, sock_read=600.0)
+"""Upstream timeouts: ``connect`` bounds reaching the upstream, ``sock_read`` the longest silence allowed (a
+thinking model may be quiet for minutes); no bound on a whole stream."""
+
+# What the upstream side raises: aiohttp's errors, and TimeoutError for a connect or read timeout.
+_UPSTREAM_ERRORS = (aiohttp.ClientError, TimeoutError)
 
 _APP_MAX = 64  # the usage_events.app column
 _MODEL_MAX = 128  # the usage_events.model column
@@ -252,6 +257,15 @@ class _UpstreamBroke(DropConnection):
     """Raised after the response head to make the server drop the client's connection, as the upstream did."""
 
 
+class _Request(NamedTuple):
+    """What goes upstream: method, the URL exactly as encoded, the forwarded headers, the body."""
+
+    method: str
+    url: URL
+    headers: list[tuple[str, str]]
+    body: bytes
+
+
 class _Watch:
     """Shared by a request and its disconnect watcher."""
 
@@ -283,8 +297,8 @@ def _header_text(raw: list[tuple[bytes, bytes]]) -> dict[str, str]:
 class ProxyApp:
     """The proxy as a plain ASGI application (HTTP and lifespan scopes).
 
-    ``timeout`` bounds the upstream (connect, each read, each write); ``pool`` holds the upstream connections
-    and is closed at lifespan shutdown.
+    ``timeout`` bounds the upstream (connect, each read); ``upstream`` holds the upstream connections and is
+    closed at lifespan shutdown.
     """
 
     def __init__(
@@ -295,8 +309,8 @@ class ProxyApp:
         vantage: str,
         stats: RecorderStats | None = None,
         catalog: PriceCatalog | None = None,
-        timeout: httpx.Timeout = DEFAULT_TIMEOUT,
-        pool: UpstreamPool | None = None,
+        timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
+        upstream: UpstreamClient | None = None,
     ) -> None:
         self.routes = routes
         self.sink = sink
@@ -304,8 +318,7 @@ class ProxyApp:
         self.stats = stats if stats is not None else RecorderStats()
         self.catalog = catalog
         self.timeout = timeout
-        self.pool = pool if pool is not None else UpstreamPool()
-        self._timeouts = timeout.as_dict()
+        self.upstream = upstream if upstream is not None else UpstreamClient()
         install_quiet_drop_filter()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -321,7 +334,7 @@ class ProxyApp:
             if message["type"] == "lifespan.startup":
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
-                await self.pool.aclose()
+                await self.upstream.aclose()
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 
@@ -361,16 +374,15 @@ class ProxyApp:
         if body or had_length:
             headers.append((b"content-length", str(len(body)).encode("ascii")))
         query: bytes = scope.get("query_string", b"")
-        url = httpx.URL(
-            scheme=route.scheme, host=route.host, port=route.port, raw_path=route.target(rest, query) or b"/"
-        )
-        request = httpx.Request(method, url, headers=headers, content=body, extensions={"timeout": self._timeouts})
+        target = route.target(rest, query).decode("latin-1")
+        pairs = [(name.decode("latin-1"), value.decode("latin-1")) for name, value in headers]
+        request = _Request(method, URL(route.origin_url + target, encoded=True), pairs, body)
         await self._forward(route, request, exchange, usage_filter, receive, send)
 
     async def _forward(
         self,
         route: Route,
-        request: httpx.Request,
+        request: _Request,
         exchange: Exchange | None,
         usage_filter: UsageChunkFilter | None,
         receive: Receive,
@@ -380,18 +392,26 @@ class ProxyApp:
         assert task is not None
         watch = _Watch()
         watcher = asyncio.create_task(_watch_disconnect(receive, task, watch))
-        transport = self.pool.acquire(route.origin)
-        response: httpx.Response | None = None
+        response: aiohttp.ClientResponse | None = None
+        done = False
         try:
             try:
-                response = await transport.handle_async_request(request)
-            except httpx.TransportError as exc:
+                response = await self.upstream.session().request(
+                    request.method,
+                    request.url,
+                    headers=request.headers,
+                    data=request.body or None,
+                    allow_redirects=False,
+                    timeout=self.timeout,
+                )
+            except _UPSTREAM_ERRORS as exc:
                 watch.finished = True
                 if exchange is not None:
                     exchange.finish(error=exc)
                 await self._upstream_failed(route, exc, send)
                 return
             await self._relay(response, exchange, usage_filter, watch, send)
+            done = True
         except asyncio.CancelledError:
             if not watch.gone:
                 raise
@@ -402,19 +422,22 @@ class ProxyApp:
             watch.finished = True
             watcher.cancel()
             if response is not None:
-                await response.aclose()
-            await self.pool.release(route.origin, transport)
+                # A response read to its end gives its connection back; any other is closed with it.
+                if done:
+                    response.release()
+                else:
+                    response.close()
 
     async def _relay(
         self,
-        response: httpx.Response,
+        response: aiohttp.ClientResponse,
         exchange: Exchange | None,
         usage_filter: UsageChunkFilter | None,
         watch: _Watch,
         send: Send,
     ) -> None:
-        status = response.status_code
-        raw = response.headers.raw
+        status = response.status
+        raw = list(response.raw_headers)
         encoding = response.headers.get("content-encoding", "").strip().lower()
         sse = response.headers.get("content-type", "").lower().startswith("text/event-stream")
         if usage_filter is not None and not (200 <= status < 300 and sse and encoding in ("", "identity")):
@@ -426,10 +449,8 @@ class ProxyApp:
             readable, decode = body_decoder(encoding.encode("latin-1"))
         head = response_headers(raw, keep_length=usage_filter is None)
         await send({"type": "http.response.start", "status": status, "headers": head})
-        stream = response.stream
-        assert isinstance(stream, httpx.AsyncByteStream)
         try:
-            async for chunk in stream:
+            async for chunk in response.content.iter_any():
                 data = usage_filter.feed(chunk) if usage_filter is not None else chunk
                 if data:
                     await send({"type": "http.response.body", "body": data, "more_body": True})
@@ -442,7 +463,7 @@ class ProxyApp:
                         except Exception as exc:  # a body that will not decode: relay it, stop reading it
                             self.stats.failed("decode", exc)
                             readable = False
-        except httpx.TransportError as exc:
+        except _UPSTREAM_ERRORS as exc:
             if exchange is not None:
                 exchange.finish(error=exc)
             held = usage_filter.finish() if usage_filter is not None else b""
@@ -455,13 +476,13 @@ class ProxyApp:
         if exchange is not None:
             exchange.finish()
 
-    async def _upstream_failed(self, route: Route, exc: httpx.TransportError, send: Send) -> None:
+    async def _upstream_failed(self, route: Route, exc: BaseException, send: Send) -> None:
         where = f"{route.scheme}://{route.host}:{route.port}"
         detail = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-        if isinstance(exc, httpx.TimeoutException):
+        if isinstance(exc, TimeoutError):
             message = f"GLM Monitor proxy: the upstream {where} did not answer in time ({detail})"
             await _reply(send, 504, _json_error("upstream_timeout", message))
-        elif isinstance(exc, httpx.ConnectError):
+        elif isinstance(exc, aiohttp.ClientConnectorError):
             message = f"GLM Monitor proxy: the upstream {where} could not be reached ({detail})"
             await _reply(send, 502, _json_error("upstream_unreachable", message))
         else:
@@ -532,7 +553,7 @@ def build_app(
     sink: Sink,
     *,
     stats: RecorderStats | None = None,
-    timeout: httpx.Timeout | float | None = None,
+    timeout: aiohttp.ClientTimeout | float | None = None,
     catalog: PriceCatalog | None = None,
     providers: Mapping[str, Provider] | None = None,
 ) -> ProxyApp:
@@ -541,10 +562,10 @@ def build_app(
     number sets every phase; default ``DEFAULT_TIMEOUT``)."""
     if timeout is None:
         upstream_timeout = DEFAULT_TIMEOUT
-    elif isinstance(timeout, httpx.Timeout):
+    elif isinstance(timeout, aiohttp.ClientTimeout):
         upstream_timeout = timeout
     else:
-        upstream_timeout = httpx.Timeout(timeout)
+        upstream_timeout = aiohttp.ClientTimeout(total=None, connect=timeout, sock_read=timeout)
     return ProxyApp(
         RouteTable.from_catalog(providers if providers is not None else settings.catalog()),
         sink,

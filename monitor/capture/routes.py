@@ -32,6 +32,12 @@ class Route:
         """(scheme, host, port): requests to one origin share its idle connections."""
         return (self.scheme, self.host, self.port)
 
+    @property
+    def origin_url(self) -> str:
+        """``scheme://host:port`` (an IPv6 host in brackets), to which ``target`` is appended."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
     def target(self, rest: bytes, query: bytes) -> bytes:
         """The upstream request target for ``rest`` (the path after the prefix, raw) and the raw query."""
         path = self.base_path + rest if rest else self.base_path or b"/"

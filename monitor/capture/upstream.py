@@ -1,9 +1,11 @@
 """The proxy's upstream side: connections to the providers, header rules, and decoding for the recorder.
 
-Connections. httpx's connection pool checks every idle connection on each request, which at ~100 concurrent
-streams costs seconds (measured in /work/shared/DESIGN.md). ``UpstreamPool`` instead keeps, per origin, a stack
-of single-connection httpx transports: a request takes one (or makes one), uses it alone and gives it back, so
-nothing ever scans a pool. Every transport shares one SSL context (one CA bundle in memory, not one per client).
+Connections: aiohttp, not httpx. Measured on the 2-core reference machine (bench/proxy_overhead.py, a bare
+pass-through of each beside ours), a bare starlette + httpx relay added 2.4–2.6 ms to the first byte at 1 and 10
+streams and spent 18 / 9.7 / 5.7 ms of CPU per stream at 1 / 10 / 100 streams even with single-connection clients
+(httpx's shared pool costs seconds at 100 streams, see DESIGN.md); the same relay on aiohttp (C HTTP parser, one
+pool with no per-request scan) added 0.8–1.0 ms and spent about half the CPU. ``UpstreamClient`` holds one aiohttp
+session per event loop; every connection shares one SSL context (one CA bundle in memory).
 
 Headers (RFC 9110 section 7.6.1): hop-by-hop headers (``connection`` and the headers it names, ``keep-alive``,
 ``transfer-encoding``, ``te``, ``trailer``, ``upgrade``, ``proxy-*``; and ``expect``, as the proxy already holds
@@ -13,14 +15,15 @@ the whole request body) are not forwarded either way; ``host`` is set to the ups
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import ssl
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import aiohttp
 import certifi
-import httpx
 
 HOP_BY_HOP = frozenset(
     {
@@ -81,47 +84,59 @@ def response_headers(raw: Iterable[tuple[bytes, bytes]], *, keep_length: bool) -
     return out
 
 
-class UpstreamPool:
-    """Idle single-connection transports per origin, handed out one request at a time (LIFO, so the warmest
-    connection is reused and surplus ones expire). ``max_idle`` caps what is kept per origin."""
+class UpstreamClient:
+    """The proxy's connections to its upstreams: one aiohttp session (and connection pool) per event loop.
+
+    The session is made on first use inside the serving loop and closed by ``aclose`` (the proxy's lifespan
+    shutdown). It never decompresses (the client gets the bytes as sent), keeps no cookies (one client's cookies
+    must not reach another), adds no ``User-Agent``, ``Accept`` or ``Accept-Encoding`` of its own, ignores proxy
+    environment variables and follows no redirects: each request goes out as the client made it.
+    """
 
     def __init__(
         self,
         *,
         ssl_context: ssl.SSLContext | None = None,
-        max_idle: int = 128,
         # Under the 5 s idle timeout of uvicorn-based upstreams (vLLM, SGLang) and of the SDKs' own httpx
         # clients, so a connection is never reused just as the upstream closes it.
         keepalive_expiry: float = 4.0,
     ) -> None:
         self.ssl_context = ssl_context or shared_ssl_context()
-        self.max_idle = max_idle
-        self._limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=keepalive_expiry)
-        self._idle: dict[tuple[str, str, int], list[httpx.AsyncHTTPTransport]] = {}
-        self._closed = False
+        self.keepalive_expiry = keepalive_expiry
+        self._session: aiohttp.ClientSession | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
-    def acquire(self, origin: tuple[str, str, int]) -> httpx.AsyncHTTPTransport:
-        """A transport for one request to ``origin``; give it back with ``release`` once its response is closed."""
-        idle = self._idle.get(origin)
-        if idle:
-            return idle.pop()
-        return httpx.AsyncHTTPTransport(verify=self.ssl_context, limits=self._limits, trust_env=False)
-
-    async def release(self, origin: tuple[str, str, int], transport: httpx.AsyncHTTPTransport) -> None:
-        """Return a transport whose response is closed; closed instead when the pool is full or shut."""
-        idle = self._idle.setdefault(origin, [])
-        if self._closed or len(idle) >= self.max_idle:
-            await transport.aclose()
-        else:
-            idle.append(transport)
+    def session(self) -> aiohttp.ClientSession:
+        """The session of the running loop (made on first use; a new one if the loop changed)."""
+        loop = asyncio.get_running_loop()
+        session = self._session
+        if session is None or session.closed or self._loop is not loop:
+            connector = aiohttp.TCPConnector(
+                ssl=self.ssl_context,
+                limit=0,  # no cap: every concurrent stream gets its own connection at once
+                limit_per_host=0,
+                keepalive_timeout=self.keepalive_expiry,
+            )
+            session = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=SKIP_AUTO_HEADERS,
+                trust_env=False,
+                timeout=aiohttp.ClientTimeout(total=None),
+            )
+            self._session, self._loop = session, loop
+        return session
 
     async def aclose(self) -> None:
-        """Close every idle connection; transports released later are closed on release."""
-        self._closed = True
-        idle, self._idle = self._idle, {}
-        for transports in idle.values():
-            for transport in transports:
-                await transport.aclose()
+        """Close the session and its connections (a later request opens a new one)."""
+        session, self._session, self._loop = self._session, None, None
+        if session is not None and not session.closed:
+            await session.close()
+
+
+SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
+"""Headers aiohttp would otherwise add on its own; a client's own values still pass."""
 
 
 # -- decoding for the recorder ------------------------------------------------------------------------------
