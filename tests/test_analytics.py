@@ -6,6 +6,7 @@ import random
 from collections import defaultdict
 from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
+from functools import partial
 from zoneinfo import ZoneInfo
 
 import numpy as np
@@ -36,6 +37,7 @@ from monitor.money import Cost
 from monitor.outcomes import Outcome
 from monitor.pricing import PriceCatalog, PriceRule
 from monitor.rollup import refresh_rollups
+from monitor.rollup_days import DEFAULT_DAY_ZONES
 from monitor.usage import Usage
 from monitor.writer import write_events
 
@@ -558,6 +560,52 @@ def test_month_to_date_and_forecast(engine):
     assert usd.month_to_date == hours_so_far * hourly_spend
     other = spend_forecast(engine, Filters(now, now, providers=["bigmodel"]), now=now)
     assert not other.has_data and other.forecast == 0
+
+
+def test_cache_savings_use_the_price_of_each_utc_day_in_any_display_zone(engine):
+    """A local day spans parts of two UTC days (the one before it east of UTC, the one after it west of UTC);
+    each cached token saves what the price of its own UTC day says, whether the day is read from the daily
+    rollups (Tokyo and New York kept) or from the hourly ones (Los Angeles)."""
+    catalog = reference_catalog()  # zai glm-4.7 saves 0.49 USD per million cached tokens, 0.65 from PRICE_CHANGE
+    change = datetime.combine(PRICE_CHANGE, datetime.min.time(), UTC)
+    cached = {  # UTC time -> cached tokens
+        change - timedelta(hours=10): 4_000_000,  # old price: 1.96
+        change - timedelta(hours=4): 1_000_000,  # old price: 0.49
+        change + timedelta(hours=2): 2_000_000,  # new price: 1.30
+        change + timedelta(hours=16): 3_000_000,  # new price: 1.95
+    }
+    events = []
+    for ts, tokens in cached.items():
+        usage = Usage(input_tokens=tokens, cached_input_tokens=tokens, output_tokens=10)
+        events.append(
+            UsageEvent(
+                ts=ts,
+                source="proxy",
+                provider="zai",
+                model="glm-4.7",
+                vantage="tokyo",
+                outcome=Outcome.OK,
+                usage=usage,
+                cost=catalog.price("zai", "glm-4.7", usage, ts),
+            )
+        )
+    write_events(engine, events)
+    refresh_rollups(engine, now=change + timedelta(days=3), day_zones=(*DEFAULT_DAY_ZONES, "America/New_York"))
+    window = Filters(change - timedelta(days=2), change + timedelta(days=3))
+    nov = partial(date, 2026, 11)
+    want = {
+        "Asia/Tokyo": {nov(15): "1.96", nov(16): "1.79", nov(17): "1.95"},  # 23:00 | 05:00, 11:00 | 01:00
+        "UTC": {nov(15): "2.45", nov(16): "3.25"},
+        "America/New_York": {nov(15): "3.75", nov(16): "1.95"},  # 09:00, 15:00, 21:00 | 11:00
+        "America/Los_Angeles": {nov(15): "3.75", nov(16): "1.95"},  # 06:00, 12:00, 18:00 | 08:00
+    }
+    for zone, days in want.items():
+        daily = costs(engine, window, by=["model"], zone=zone, catalog=catalog)
+        got = dict(zip(daily["period"], daily["cache_savings_usd"], strict=True))
+        assert got == {day: Decimal(amount) for day, amount in days.items()}, zone
+        rate = Decimal(150)  # the default USDJPY: no rate stored
+        assert daily["cache_savings_jpy"].tolist() == [Decimal(a) * rate for a in days.values()], zone
+        assert sum(daily["cache_savings_usd"]) == Decimal("5.70")  # every token counted once
 
 
 # --- empty database ------------------------------------------------------------------------------------------

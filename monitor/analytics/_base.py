@@ -144,7 +144,7 @@ def read_frame(
     reading 100k rollup rows, and nothing read here needs it (times and dates are parsed per column, here;
     Postgres sums arrive as ``Decimal``, see ``numbers``).
     """
-    rows = _fetch_binary(conn, stmt) if conn.dialect.driver == "psycopg" else _fetch(conn, stmt)
+    rows = fetch_rows(conn, stmt)
     if not rows:
         return empty(names)
     frame = pd.DataFrame.from_records(rows, columns=list(names))
@@ -153,6 +153,11 @@ def read_frame(
     for name in dates:
         frame[name] = as_dates(frame[name])
     return frame
+
+
+def fetch_rows(conn: Connection, stmt: Select[Any]) -> list[Any]:
+    """The rows of ``stmt`` as the database driver returns them (tuples; see ``read_frame``)."""
+    return _fetch_binary(conn, stmt) if conn.dialect.driver == "psycopg" else _fetch(conn, stmt)
 
 
 def _fetch(conn: Connection, stmt: Select[Any]) -> list[Any]:

@@ -27,13 +27,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
+from operator import itemgetter
 from typing import Any, Literal, cast
 from zoneinfo import ZoneInfo
 
 import numpy as np
 import numpy.typing as npt
 import pandas as pd
-from sqlalchemy import Connection, Subquery, Table, select
+from sqlalchemy import Connection, Subquery, Table, case, select
 
 from monitor.analytics._base import (
     DEFAULT_ZONE,
@@ -45,9 +46,8 @@ from monitor.analytics._base import (
     day_number,
     day_of_index,
     empty,
+    fetch_rows,
     numbers,
-    ratio,
-    read_frame,
     total,
     zone_of,
 )
@@ -148,13 +148,15 @@ class _CacheDiscount:
 
     def __init__(self, catalog: PriceCatalog) -> None:
         self.catalog = weakref.proxy(catalog)  # the cache is keyed by the catalog: do not keep it alive
-        self._seen: dict[tuple[str, str, date], tuple[Decimal, Currency] | None] = {}
+        self._seen: dict[tuple[str, str, int], tuple[Decimal, Currency] | None] = {}
 
-    def per_token(self, provider: str, model: str, day: date) -> tuple[Decimal, Currency] | None:
-        key = (provider, model, day)
-        if key not in self._seen:
-            self._seen[key] = self._lookup(provider, model, day)
-        return self._seen[key]
+    def per_token(self, keys: list[tuple[str, str, int]]) -> list[tuple[Decimal, Currency] | None]:
+        """For each (provider, model, UTC day as a day number, see ``day_of_index``): (saving, currency) or None."""
+        seen = self._seen
+        for key in keys:
+            if key not in seen:
+                seen[key] = self._lookup(key[0], key[1], day_of_index(key[2]))
+        return [seen[key] for key in keys]
 
     def _lookup(self, provider: str, model: str, day: date) -> tuple[Decimal, Currency] | None:
         if not model:
@@ -180,47 +182,107 @@ def _discount(catalog: PriceCatalog) -> _CacheDiscount:
         return found
 
 
-def _daily_frame(conn: Connection, filters: Filters, zone: ZoneInfo, dims: Sequence[str]) -> pd.DataFrame:
-    """Usage rollup sums per (local day, UTC day, provider, model, dims), summed in SQL; integer columns exact.
+@dataclass(frozen=True, slots=True)
+class _Rows:
+    """Usage rollup sums per (local day, provider, model, dims) as columns; a key may repeat (its rows add up).
+
+    Days are day numbers (``day_of_index``); ``keys`` holds provider, model and the dims, ``sums`` the exact
+    integer sums of ``_COUNTS`` and ``_UNITS``, and ``cached`` the cached input tokens by UTC day: column ``i``
+    those of UTC day ``local_day + i - 1`` (a local day of any zone lies within three UTC days, as UTC offsets
+    are under 24 hours; prices, and so cache savings, go by UTC day).
+    """
+
+    local_day: npt.NDArray[np.int64]
+    keys: dict[str, list[str]]
+    sums: dict[str, npt.NDArray[np.int64]]
+    cached: npt.NDArray[np.int64]
+
+    def __len__(self) -> int:
+        return len(self.local_day)
+
+
+def _column(rows: list[Any], index: int) -> npt.NDArray[np.int64]:
+    """Column ``index`` of ``rows`` as exact int64: drivers return the sums as ints (one driver fills a column, so
+    the first value tells its type); anything else (``Decimal``, NULL) goes through ``numbers``."""
+    if not rows:
+        return np.zeros(0, dtype=np.int64)
+    if type(rows[0][index]) is int:
+        return np.fromiter(map(itemgetter(index), rows), dtype=np.int64, count=len(rows))
+    return numbers(pd.Series([row[index] for row in rows], dtype=object)).to_numpy(dtype=np.int64)
+
+
+def _daily_rows(conn: Connection, filters: Filters, zone: ZoneInfo, dims: Sequence[str]) -> _Rows:
+    """Usage rollup sums per (local day, provider, model, dims), summed in SQL; integers exact.
 
     Whole local days come from ``rollup_usage_daily`` when ``zone`` is kept, the rest from the hourly rollup
-    (``monitor.analytics._days``); a (local day, UTC day, key) may then appear in two rows, which the callers sum.
+    (``monitor.analytics._days``); a (local day, key) may then appear in several rows, which the callers sum.
+    Rows are read as plain columns (a frame's conversions cost more than the sums they carry).
     """
-    measures = [*_COUNTS, *_UNITS.values()]
+    measures = [m for m in (*_COUNTS, *_UNITS.values()) if m != "cached_input_tokens"]
     keys = ["provider", "model", *dims]
-    names = ["local_day", "utc_day", *keys, *measures]
+    by_step = conn.dialect.name == "postgresql"
 
-    def summed(inner: Subquery, dates: Sequence[str] = ()) -> pd.DataFrame:
-        group = [inner.c.local_day, inner.c.utc_day, *(inner.c[k] for k in keys)]
-        stmt = select(*group, *(total(inner.c[m]).label(m) for m in measures)).group_by(*group)
-        return read_frame(conn, stmt, names, dates=dates)
+    def summed(inner: Subquery) -> list[Any]:
+        """``inner``'s sums per (local day, keys); its ``local``/``utc`` columns compare the local and UTC days.
 
-    def hours(part: Filters) -> pd.DataFrame:
+        Cached tokens: on SQLite three sums by UTC day (before, on, after the local day), as sorting rows for
+        its GROUP BY costs more than the conditions; on Postgres one sum per row of each UTC day (``utc -
+        local``, a number of days), as its hash aggregation takes twice the groups better than the conditions.
+        """
+        c = inner.c
+        if by_step:
+            step = (c.utc - c.local).label("step")
+            group = [c.local_day, *(c[k] for k in keys), step]
+            cached = [total(c.cached_input_tokens).label("cached")]
+        else:
+            group = [c.local_day, *(c[k] for k in keys)]
+            tests = (c.utc < c.local, c.utc == c.local, c.utc > c.local)
+            cached = [
+                total(case((t, c.cached_input_tokens), else_=0)).label(f"cached_{i}") for i, t in enumerate(tests)
+            ]
+        stmt = select(*group, *(total(c[m]).label(m) for m in measures), *cached).group_by(*group)
+        return fetch_rows(conn, stmt)
+
+    def hours(part: Filters) -> list[Any]:
         t = cast(Table, UsageHourlyRow.__table__)
         local_day, utc_day = day_index_exprs(conn, t.c.hour, zone, part.start, part.end)
         inner = select(
-            local_day.label("local_day"), utc_day.label("utc_day"), *(t.c[k] for k in keys), *(t.c[m] for m in measures)
+            local_day.label("local_day"),
+            local_day.label("local"),
+            utc_day.label("utc"),
+            *(t.c[k] for k in keys),
+            *(t.c[m] for m in [*measures, "cached_input_tokens"]),
         ).where(*conditions(t, part, apps=True, sources=True))
         return summed(inner.subquery())
 
     split = split_days(conn, filters, zone)
-    parts = [hours(part) for part in split.hours]
+    rows: list[Any] = []
+    for part in split.hours:
+        rows += hours(part)
     if split.zone is not None:
         d = cast(Table, UsageDailyRow.__table__)
         inner = select(
             day_number(conn, d.c.day).label("local_day"),
-            day_number(conn, d.c.utc_day).label("utc_day"),
+            d.c.day.label("local"),  # dates compare as they are (on SQLite as ISO text): no conversion per row
+            d.c.utc_day.label("utc"),
             *(d.c[k] for k in keys),
-            *(d.c[m] for m in measures),
+            *(d.c[m] for m in [*measures, "cached_input_tokens"]),
         ).where(*day_conditions(d, filters, split, apps=True, sources=True))
-        parts.append(summed(inner.subquery()))
-    parts = [p for p in parts if not p.empty]
-    if not parts:
-        return empty(names)
-    frame = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
-    for name in ["local_day", "utc_day", *measures]:
-        frame[name] = numbers(frame[name])
-    return frame
+        rows += summed(inner.subquery())
+    first = 1 + len(keys) + by_step
+    sums = {m: _column(rows, first + i) for i, m in enumerate(measures)}
+    if by_step:
+        cached = np.zeros((len(rows), 3), dtype=np.int64)
+        cached[np.arange(len(rows)), _column(rows, first - 1) + 1] = _column(rows, first + len(measures))
+    else:
+        cached = np.stack([_column(rows, first + len(measures) + i) for i in range(3)], axis=1)
+    sums["cached_input_tokens"] = cached.sum(axis=1)
+    return _Rows(
+        local_day=_column(rows, 0),
+        keys={k: list(map(itemgetter(1 + i), rows)) for i, k in enumerate(keys)},
+        sums=sums,
+        cached=cached,
+    )
 
 
 def _period_start(day: date, period: CostPeriod, first: date) -> date:
@@ -237,17 +299,52 @@ def _objects(values: Any, n: int) -> npt.NDArray[np.object_]:
     return out
 
 
-def _group_sums(
-    values: npt.NDArray[np.object_], gid: npt.NDArray[np.integer[Any]], groups: int
-) -> npt.NDArray[np.object_]:
-    """Sums of ``values`` per group id (ids 0..groups-1, rows sorted by id)."""
-    if len(values) == groups:  # one row per group (costs per day): nothing to add
-        return values
-    return np.asarray(pd.Series(values).groupby(gid).sum().to_numpy(), dtype=object)
+_to_decimal = np.frompyfunc(Decimal, 1, 1)
+"""``Decimal`` of each element of an object array (Python ints: exact)."""
 
 
 def _zeros(n: int) -> npt.NDArray[np.object_]:
-    return _objects([_ZERO] * n, n)
+    return np.full(n, _ZERO, dtype=object)
+
+
+def _codes(values: list[str]) -> tuple[npt.NDArray[np.intp], list[str]]:
+    """Each value's rank among the distinct values sorted, and those values: sorting by rank sorts by value."""
+    distinct = sorted(set(values))
+    rank = {v: i for i, v in enumerate(distinct)}
+    return np.fromiter(map(rank.__getitem__, values), dtype=np.intp, count=len(values)), distinct
+
+
+def _runs(columns: Sequence[npt.NDArray[Any]]) -> tuple[npt.NDArray[np.intp], npt.NDArray[np.intp]]:
+    """Rows sorted by ``columns`` (the first one first; stable): (the sorting order, where each run of rows
+    with equal values starts in it). Like a sorted ``groupby`` of the columns, in numpy."""
+    order = np.lexsort(tuple(reversed(columns)))  # lexsort's last key is its primary one
+    return order, _run_starts([column[order] for column in columns])
+
+
+def _run_starts(columns: Sequence[npt.NDArray[Any]]) -> npt.NDArray[np.intp]:
+    """Where a run of equal values (in every one of ``columns``, sorted alike) starts."""
+    n = len(columns[0]) if columns else 0
+    change = np.zeros(n, dtype=bool)
+    if n:
+        change[0] = True
+    for column in columns:
+        change[1:] |= column[1:] != column[:-1]
+    return np.flatnonzero(change)
+
+
+def _run_ids(starts: npt.NDArray[np.intp], n: int) -> npt.NDArray[np.intp]:
+    """For each of ``n`` sorted rows, its run's number (runs start at ``starts``)."""
+    first = np.zeros(n, dtype=np.intp)
+    first[starts] = 1
+    return np.cumsum(first) - 1
+
+
+def _sums(values: npt.NDArray[np.object_], starts: npt.NDArray[np.intp] | None) -> npt.NDArray[np.object_]:
+    """Per group (the rows from each of ``starts`` to the next), its values added in row order, starting from
+    the first (as pandas' groupby sum does, so results keep their digits); ``starts`` None: one row per group."""
+    if starts is None or len(starts) == len(values):
+        return values
+    return np.asarray(np.add.reduceat(values, starts), dtype=object)
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,110 +373,188 @@ def _rate_info(days: tuple[date, ...], converter: _Converter) -> _RateInfo:
     )
 
 
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """``_aggregate``'s groups, one entry per (period, ``by``) in sorted order: ``period`` (start dates) and
+    ``keys`` (``by`` values) as object arrays, ``counts`` (``_COUNTS``, int64), ``money`` (``billed_*``,
+    ``usd``/``cny``/``jpy`` and ``savings_*``: Decimal object arrays), and each group's rates:
+    ``infos[info_of_group[i]]``."""
+
+    period: npt.NDArray[np.object_]
+    keys: dict[str, npt.NDArray[np.object_]]
+    counts: dict[str, npt.NDArray[np.int64]]
+    money: dict[str, npt.NDArray[np.object_]]
+    infos: list[_RateInfo]
+    info_of_group: npt.NDArray[np.intp]
+
+    def __len__(self) -> int:
+        return len(self.period)
+
+    def rates(self, field: str) -> npt.NDArray[np.object_]:
+        """One ``_RateInfo`` field per group."""
+        return _objects((getattr(info, field) for info in self.infos), len(self.infos))[self.info_of_group]
+
+
 def _aggregate(
-    frame: pd.DataFrame,
+    rows: _Rows,
     *,
     period: CostPeriod,
     by: Sequence[str],
     first_day: date,
     converter: _Converter,
     discount: _CacheDiscount | None,
-) -> pd.DataFrame:
-    """One row per (``period``, ``by``), sorted: exact integer sums (pandas), then Decimal conversions per day.
+) -> _Table:
+    """One group per (``period``, ``by``), sorted: exact integer sums (numpy), then Decimal conversions per day.
 
-    Columns: the keys, ``_COUNTS``, ``billed_*``, ``usd``/``cny``/``jpy``, ``savings_*`` (Decimal, exact up to
-    Decimal's 28 significant digits) and ``rates`` (``_RateInfo``). Conversions run on object arrays, one
-    element per (key, local day) and currency, in (key, day) order, so the same rows always add up alike.
+    Money is added up as it always was, so the same rows give the same digits: one Decimal per (group, local
+    day) and currency, converted with the day's factor, then added in (group, day) order. The grouping, the
+    sorting and the integer sums run on integer codes in numpy, and each distinct day, rate and price is looked
+    up once.
     """
-    key = ["period", *by]
-    if frame.empty:
-        return pd.DataFrame(columns=key)
-    days = {int(i): day_of_index(int(i)) for i in frame["local_day"].unique()}
-    frame = frame.assign(
-        day=frame["local_day"].map(days),
-        period=frame["local_day"].map({i: _period_start(d, period, first_day) for i, d in days.items()}),
-    )
-    units = list(_UNITS.values())
-    # One grouping per (key, local day); per day the key already holds the day, so each row is its own group.
-    money = frame.groupby([*key, "day"], sort=True, dropna=False)[[*_COUNTS, *units]].sum().reset_index()
-    n = len(money)
-    gid: npt.NDArray[np.integer[Any]]
-    if period == "day":
-        gid = np.arange(n)
-        out = money.set_index(key)[list(_COUNTS)].copy()
-    else:
-        gid = money.groupby(key, sort=True, dropna=False).ngroup().to_numpy()
-        out = money.groupby(key, sort=True, dropna=False)[list(_COUNTS)].sum()
-    day_of_row = money["day"].to_numpy(dtype=object)
-    unique_days = list(dict.fromkeys(day_of_row))
+    days = {int(i): day_of_index(int(i)) for i in np.unique(rows.local_day)}
+    distinct_days = list(days)  # sorted
+    day_of_row = np.searchsorted(distinct_days, rows.local_day)  # each row's day in ``distinct_days``
+    starts_of = [_period_start(d, period, first_day) for d in days.values()]
+    period_code = np.asarray([p.toordinal() for p in starts_of], dtype=np.int64)[day_of_row]
+    codes: dict[str, npt.NDArray[np.intp]] = {}
+    distinct: dict[str, list[str]] = {}
+    for name, values in rows.keys.items():
+        codes[name], distinct[name] = _codes(values)
+    group_keys = [period_code, *(codes[k] for k in by)]
+
+    # Rows per (period, by, local day): the "money rows", each converted with its day's rates.
+    order, starts = _runs([*group_keys, rows.local_day])
+    n = len(starts)
+    run_of_row = np.empty(len(rows), dtype=np.intp)
+    run_of_row[order] = _run_ids(starts, len(rows))
+    first_rows = order[starts]
+    sums = {m: np.add.reduceat(values[order], starts) for m, values in rows.sums.items()}
+    slot = day_of_row[first_rows]  # each money row's day in ``distinct_days``
+    # Groups (period, by): money rows are sorted by them, so each group is one slice of money rows.
+    group_starts = _run_starts([keys[first_rows] for keys in group_keys])
+    groups = len(group_starts)
+    per_group = None if groups == n else group_starts
+    first_runs = first_rows[group_starts]
+
+    counts = {c: sums[c] if per_group is None else np.add.reduceat(sums[c], group_starts) for c in _COUNTS}
+    money: dict[str, npt.NDArray[np.object_]] = {}
     totals = {dst: _zeros(n) for dst in CURRENCIES}
     for currency, column in _UNITS.items():
         src = cast(Currency, currency)
-        values = money[column].to_numpy()
+        units = sums[column]
         amounts = _zeros(n)
-        nz = np.flatnonzero(values)
+        nz = np.flatnonzero(units)
         if len(nz):
-            amounts[nz] = _objects((Decimal(int(v)) for v in values[nz]), len(nz)) / COST_SCALE
+            converted = _to_decimal(units[nz].astype(object)) / COST_SCALE
+            amounts[nz] = converted
             for dst in CURRENCIES:
                 if dst == src:  # no conversion: the factor is exactly 1
-                    totals[dst][nz] = totals[dst][nz] + amounts[nz]
+                    totals[dst][nz] = totals[dst][nz] + converted
                     continue
-                factor = {d: converter.factor(d, src, dst) for d in unique_days}
-                totals[dst][nz] = totals[dst][nz] + amounts[nz] * _objects(
-                    map(factor.__getitem__, day_of_row[nz]), len(nz)
-                )
-        out[f"billed_{currency.lower()}"] = _group_sums(amounts, gid, len(out))
+                factor = _objects((converter.factor(d, src, dst) for d in days.values()), len(days))
+                totals[dst][nz] = totals[dst][nz] + converted * factor[slot[nz]]
+        money[f"billed_{currency.lower()}"] = _sums(amounts, per_group)
     for dst in CURRENCIES:
-        out[dst.lower()] = _group_sums(totals[dst], gid, len(out))
-    # Rows are sorted by key, then day: each group's days are one slice.
-    bounds = [0, *(np.flatnonzero(np.diff(gid)) + 1).tolist(), n]
-    day_list = day_of_row.tolist()
-    infos: dict[tuple[date, ...], _RateInfo] = {}
-    rates = []
-    for a, b in itertools.pairwise(bounds):
-        t = tuple(day_list[a:b])
-        rates.append(infos.get(t) or infos.setdefault(t, _rate_info(t, converter)))
-    out["rates"] = pd.Series(rates, index=out.index, dtype=object)
+        money[dst.lower()] = _sums(totals[dst], per_group)
+
+    # The rates each group used: one lookup per distinct list of days.
+    infos: list[_RateInfo] = []
+    if per_group is None:  # one day per group
+        infos = [_rate_info((d,), converter) for d in days.values()]
+        info_of_group = slot
+    else:
+        seen: dict[tuple[int, ...], int] = {}
+        found = []
+        for a, b in itertools.pairwise([*group_starts.tolist(), n]):
+            t = tuple(slot[a:b].tolist())
+            if t not in seen:
+                seen[t] = len(infos)
+                infos.append(_rate_info(tuple(days[distinct_days[i]] for i in t), converter))
+            found.append(seen[t])
+        info_of_group = np.asarray(found, dtype=np.intp)
+
     for dst in CURRENCIES:
-        out[f"savings_{dst.lower()}"] = _zeros(len(out))
+        money[f"savings_{dst.lower()}"] = _zeros(groups)
     if discount is not None:
-        _add_savings(out, frame, key, converter, discount)
-    return out.reset_index()
+        group_of_row = _run_ids(group_starts, n)[run_of_row]
+        _add_savings(money, rows, codes, distinct, by, group_of_row, days, converter, discount)
+    periods = _objects(starts_of, len(starts_of))[day_of_row[first_runs]]
+    return _Table(
+        period=periods,
+        keys={k: _objects(distinct[k], len(distinct[k]))[codes[k][first_runs]] for k in by},
+        counts=counts,
+        money=money,
+        infos=infos,
+        info_of_group=info_of_group,
+    )
 
 
 def _add_savings(
-    out: pd.DataFrame, frame: pd.DataFrame, key: list[str], converter: _Converter, discount: _CacheDiscount
+    money: dict[str, npt.NDArray[np.object_]],
+    rows: _Rows,
+    codes: dict[str, npt.NDArray[np.intp]],
+    distinct: dict[str, list[str]],
+    by: Sequence[str],
+    group_of_row: npt.NDArray[np.intp],
+    days: dict[int, date],
+    converter: _Converter,
+    discount: _CacheDiscount,
 ) -> None:
-    """Fill ``out``'s ``savings_*``: cached tokens x (input - cached input price) of their UTC day, converted."""
-    cached = frame[frame["cached_input_tokens"] > 0]
-    if cached.empty:
+    """Fill ``money``'s ``savings_*``: cached tokens x (input - cached input price) of their UTC day, converted.
+
+    Tokens are summed per (group, provider and model where ``by`` lacks them, local day, UTC day), and each
+    sum's saving is converted at its local day's rates, then added up per group in that order.
+    """
+    row, offset = np.nonzero(rows.cached > 0)  # one entry per row and UTC day with cached tokens
+    if not len(row):
         return
-    extra = [c for c in ("provider", "model") if c not in key]
-    rows = cached.groupby([*key, *extra, "day", "utc_day"], sort=True, dropna=False)["cached_input_tokens"]
-    per = rows.sum().reset_index()
-    triples = list(zip(per["provider"].tolist(), per["model"].tolist(), per["utc_day"].tolist(), strict=True))
-    unit_of = {t: discount.per_token(t[0], t[1], day_of_index(int(t[2]))) for t in set(triples)}
-    units = [unit_of[t] for t in triples]
-    keep = np.flatnonzero([u is not None and bool(u[0]) for u in units])
+    extra = [c for c in ("provider", "model") if c not in by]
+    local_day = rows.local_day[row]
+    utc_day = local_day + offset - 1
+    order, starts = _runs([group_of_row[row], *(codes[c][row] for c in extra), local_day, utc_day])
+    tokens = np.add.reduceat(rows.cached[row, offset][order], starts)
+    first = order[starts]  # the first entry of each sum
+    row, local_day, utc_day = row[first], local_day[first], utc_day[first]
+    # One price lookup per distinct (provider, model, UTC day).
+    provider, model = codes["provider"][row], codes["model"][row]
+    distinct_models = _objects(distinct["model"], len(distinct["model"]))
+    low, models = int(utc_day.min()), len(distinct_models)
+    span = int(utc_day.max()) - low + 1
+    triples, which = np.unique(
+        (provider.astype(np.int64) * models + model) * span + (utc_day - low), return_inverse=True
+    )
+    per_token = np.empty(len(triples), dtype=object)
+    currency = np.full(len(triples), -1, dtype=np.intp)  # the price's index in CURRENCIES; -1: saves nothing
+    currency_index = {c: i for i, c in enumerate(CURRENCIES)}
+    pm, day = np.divmod(triples, span)
+    providers = _objects(distinct["provider"], len(distinct["provider"]))[pm // models].tolist()
+    models_of = distinct_models[pm % models].tolist()
+    units = discount.per_token(list(zip(providers, models_of, (low + day).tolist(), strict=True)))
+    for i, unit in enumerate(units):
+        if unit is not None and unit[0]:
+            per_token[i], currency[i] = unit[0], currency_index[unit[1]]
+    keep = np.flatnonzero(currency[which] >= 0)
     if not len(keep):
         return
-    per = per.iloc[keep].reset_index(drop=True)
-    kept = [cast(tuple[Decimal, Currency], units[i]) for i in keep]
-    tokens = per["cached_input_tokens"].tolist()
-    saved = _objects((int(t) * u[0] for t, u in zip(tokens, kept, strict=True)), len(per))
-    pairs = list(zip(per["day"].tolist(), (u[1] for u in kept), strict=True))  # (local day, price currency)
-    index = pd.MultiIndex.from_frame(per[key]) if len(key) > 1 else pd.Index(per[key[0]])
-    rows_of = pd.Series(out.index.get_indexer(index))  # each row's group in ``out`` (every group is there)
-    for dst in CURRENCIES:
-        factor = {p: converter.factor(p[0], p[1], dst) for p in set(pairs)}
-        if all(p[1] == dst for p in factor):  # every price is in ``dst``: nothing to convert
+    which = which[keep]
+    saved = tokens[keep].astype(object) * per_token[which]  # Python int x Decimal: exact
+    price_currency = currency[which]
+    group = group_of_row[row[keep]]
+    group_starts = np.flatnonzero(np.r_[True, group[1:] != group[:-1]])
+    targets = group[group_starts]
+    # One factor per distinct (local day, price currency).
+    local = local_day[keep]
+    first_day = int(local.min())
+    pairs, pair_of = np.unique((local - first_day) * len(CURRENCIES) + price_currency, return_inverse=True)
+    pair_days = [days[first_day + int(p) // len(CURRENCIES)] for p in pairs.tolist()]
+    pair_currencies = [CURRENCIES[int(p) % len(CURRENCIES)] for p in pairs.tolist()]
+    for index, dst in enumerate(CURRENCIES):
+        if (price_currency == index).all():  # every price is in ``dst``: nothing to convert
             values = saved
         else:
-            values = saved * _objects(map(factor.__getitem__, pairs), len(pairs))
-        summed = pd.Series(values).groupby(rows_of).sum()
-        column = out[f"savings_{dst.lower()}"].to_numpy(dtype=object, copy=True)
-        column[summed.index.to_numpy()] = summed.to_numpy()
-        out[f"savings_{dst.lower()}"] = column
+            factor = _objects(map(converter.factor, pair_days, pair_currencies, [dst] * len(pairs)), len(pairs))
+            values = saved * factor[pair_of]
+        money[f"savings_{dst.lower()}"][targets] = _sums(values, group_starts)
 
 
 def costs(
@@ -408,39 +583,37 @@ def costs(
         raise ValueError(f"cannot group costs by {', '.join(bad)}; choose from {', '.join(_DIMS)}")
     tz = zone_of(zone)
     with connect(db) as conn:
-        frame = _daily_frame(conn, filters, tz, [d for d in by if d not in ("provider", "model")])
-        if frame.empty:
+        rows = _daily_rows(conn, filters, tz, [d for d in by if d not in ("provider", "model")])
+        if not len(rows):
             return empty(cost_columns(by))
         book = book or load_rate_book(conn)
     first_day = filters.start.astimezone(tz).date()
     table = _aggregate(
-        frame,
+        rows,
         period=period,
         by=by,
         first_day=first_day,
         converter=_Converter(book),
         discount=_discount(catalog or default_catalog()),
     )
-    rates: list[_RateInfo] = table["rates"].tolist()
-    out = table[["period", *by, *_COUNTS]].copy()
-    for currency in ("usd", "cny", "jpy"):
-        out[f"billed_{currency}"] = table[f"billed_{currency}"]
-    for currency in ("jpy", "usd", "cny"):
-        out[currency] = table[currency]
 
-    def of_rates(values: list[Any]) -> pd.Series:
-        return pd.Series(values, index=out.index, dtype=object)
+    def objects(values: npt.NDArray[np.object_]) -> pd.Series:
+        return pd.Series(values, dtype=object, copy=False)  # object, even for text (``fx_rates``)
 
-    out["usd_jpy"] = of_rates([r.usd_jpy for r in rates])
-    out["cny_jpy"] = of_rates([r.cny_jpy for r in rates])
-    out["fx_day"] = of_rates([r.fx_day for r in rates])
-    out["fx_rates"] = of_rates([r.fx_rates for r in rates])
-    out["cache_hit_ratio"] = ratio(out["cached_input_tokens"], out["input_tokens"])
-    for currency in ("jpy", "usd", "cny"):
-        out[f"cache_savings_{currency}"] = table[f"savings_{currency}"]
-    for name in _COUNTS:
-        out[name] = out[name].astype("int64")
-    return out[cost_columns(by)].reset_index(drop=True)
+    cached = table.counts["cached_input_tokens"].astype("float64")
+    inputs = table.counts["input_tokens"].astype("float64")
+    inputs[inputs == 0] = np.nan
+    columns: dict[str, Any] = {
+        "period": objects(table.period),
+        **{k: pd.array(table.keys[k], dtype="str") for k in by},
+        **{name: table.counts[name].astype("int64", copy=False) for name in _COUNTS},
+        **{f"billed_{c}": table.money[f"billed_{c}"] for c in ("usd", "cny", "jpy")},
+        **{c: table.money[c] for c in ("jpy", "usd", "cny")},
+        **{name: objects(table.rates(name)) for name in ("usd_jpy", "cny_jpy", "fx_day", "fx_rates")},
+        "cache_hit_ratio": cached / inputs,  # NaN without input tokens
+        **{f"cache_savings_{c}": table.money[f"savings_{c}"] for c in ("jpy", "usd", "cny")},
+    }
+    return pd.DataFrame(columns, columns=cost_columns(by))
 
 
 @dataclass(frozen=True, slots=True)
@@ -494,9 +667,11 @@ def spend_forecast(
     base = filters or Filters(at, at)
 
     def spent(conn: Connection, converter: _Converter, start: datetime) -> tuple[Decimal, bool]:
-        frame = _daily_frame(conn, base.with_range(start, at), tz, [])
-        table = _aggregate(frame, period="total", by=[], first_day=month, converter=converter, discount=None)
-        return sum(table[currency.lower()].tolist(), _ZERO) if len(table) else _ZERO, not frame.empty
+        rows = _daily_rows(conn, base.with_range(start, at), tz, [])
+        if not len(rows):
+            return _ZERO, False
+        table = _aggregate(rows, period="total", by=[], first_day=month, converter=converter, discount=None)
+        return sum(table.money[currency.lower()].tolist(), _ZERO), True
 
     with connect(db) as conn:
         converter = _Converter(book or load_rate_book(conn))
