@@ -53,7 +53,7 @@ CONTENT = {
     "latency": '[data-testid="stVegaLiteChart"]',
     "throttling": '[data-testid="stDataFrame"]',
     "costs": '[data-testid="stDataFrame"]',
-    "quota": '[data-testid="stVegaLiteChart"]',
+    "quota": ".glm-gauge",  # the gauges are drawn with CSS (dashboard/views/quota.py)
     "probes": '[data-testid="stDataFrame"]',
 }
 SERVER_TIME = re.compile(r"([0-9.]+) (?:s|秒)\s*$")

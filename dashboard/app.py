@@ -11,6 +11,7 @@ from __future__ import annotations
 import time
 
 import streamlit as st
+import streamlit.delta_generator
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.dashboard_cmd import import_dashboard
@@ -21,6 +22,10 @@ from monitor.dashboard import auth, data, i18n, ui  # noqa: E402 - needs the pac
 from monitor.dashboard.i18n import t  # noqa: E402
 
 st.session_state["_run_started"] = time.perf_counter()  # the footer shows how long this run took
+# On the first element of a process Streamlit asks whether it runs in a REPL (to warn about `python app.py`):
+# inspect.stack() then resolves the file of every loaded module, ~0.1 s of the first page view after a start
+# (more on a busy machine). This script always runs under `streamlit run`: skip the question.
+streamlit.delta_generator._use_warning_has_been_displayed = True
 st.set_page_config(page_title="GLM Monitor", page_icon=":material/monitor_heart:", layout="wide")
 ui.keep_state()
 settings = ui.load()

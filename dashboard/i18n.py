@@ -52,6 +52,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "common.samples": "サンプル数",
         "common.series": "系列",
         "common.time": "時刻",
+        "common.series_shown": "表示する系列",
+        "common.pick_series": "系列を選択",
+        "common.series_count": "{total} 系列中 {shown} 系列を表示。",
+        "common.no_series": "表示する系列を1つ以上選んでください。",
         "error.no_view": "ページの状態を読み込めませんでした。ページを再読み込みしてください。",
         "dim.provider": "プロバイダー",
         "dim.model": "モデル",
@@ -131,8 +135,12 @@ MESSAGES: dict[str, dict[str, str]] = {
             "選択範囲の直近 {days} 日。中国標準時 15:00〜18:00 がプロバイダーの混雑時間帯として知られています。"
         ),
         "latency.peak": "ピーク時間帯の遅延倍率",
-        "latency.peak_help": "ピーク中央値 {peak}（{n_peak}件）/ ピーク外中央値 {off}（{n_off}件）",
-        "latency.peak_medians": "ピーク {peak} / ピーク外 {off}",
+        "latency.series_caption": "既定では期間中の平均 {pct} が最も遅い {n} 系列（出力速度では最も低い系列）。",
+        "latency.peak_ratio": "倍率",
+        "latency.peak_median": "ピーク中央値",
+        "latency.offpeak_median": "ピーク外中央値",
+        "latency.peak_samples": "ピークのサンプル数",
+        "latency.offpeak_samples": "ピーク外のサンプル数",
         "latency.peak_caption": (
             "倍率 = 選択範囲の直近 {days} 日の、ピーク時間帯（{window}）の中央値 ÷ それ以外の中央値。"
         ),
@@ -172,6 +180,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "throttling.retry_mean": "平均",
         "throttling.retry_max": "最大",
         "throttling.no_retry_after": "この期間に Retry-After ヘッダーはありませんでした。",
+        "throttling.series_caption": "既定では期間中の 429 率が最も高い {n} 系列。",
         "throttling.real_caption": "実トラフィックは HTTP トランスポートと記録プロキシが捉えたリクエストです。",
         # costs
         "costs.title": "コスト",
@@ -265,6 +274,10 @@ MESSAGES: dict[str, dict[str, str]] = {
         "common.samples": "Samples",
         "common.series": "Series",
         "common.time": "Time",
+        "common.series_shown": "Series drawn",
+        "common.pick_series": "Pick series",
+        "common.series_count": "{shown} of {total} series drawn.",
+        "common.no_series": "Pick at least one series to draw.",
         "error.no_view": "The page state could not be loaded. Reload the page.",
         "dim.provider": "Provider",
         "dim.model": "Model",
@@ -339,8 +352,14 @@ MESSAGES: dict[str, dict[str, str]] = {
             "The last {days} days of the range. 15:00-18:00 China Standard Time is the providers' known busy window."
         ),
         "latency.peak": "Peak-hour slowdown",
-        "latency.peak_help": "Peak median {peak} ({n_peak} samples) / off-peak median {off} ({n_off} samples)",
-        "latency.peak_medians": "Peak {peak} / off-peak {off}",
+        "latency.series_caption": (
+            "By default the {n} slowest: the highest mean {pct} over the range (for output speed, the lowest)."
+        ),
+        "latency.peak_ratio": "Ratio",
+        "latency.peak_median": "Peak median",
+        "latency.offpeak_median": "Off-peak median",
+        "latency.peak_samples": "Peak samples",
+        "latency.offpeak_samples": "Off-peak samples",
         "latency.peak_caption": (
             "Ratio = median in the peak window ({window}) ÷ median outside it, over the last {days} days of the range."
         ),
@@ -379,6 +398,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "throttling.retry_mean": "Mean",
         "throttling.retry_max": "Longest",
         "throttling.no_retry_after": "No Retry-After header was seen in this range.",
+        "throttling.series_caption": "By default the {n} with the highest 429 rate over the range.",
         "throttling.real_caption": "Real traffic is what the HTTP transport and the recording proxy captured.",
         "costs.title": "Costs",
         "costs.currency": "Currency",

@@ -25,7 +25,7 @@ from monitor.dashboard import data
 from monitor.dashboard import format as fmt
 from monitor.dashboard.i18n import has, t
 
-from monitor.analytics import Filters, Granularity
+from monitor.analytics import Filters, Granularity, TargetHealth
 from monitor.config import Settings, load_settings
 from monitor.dashboard_cmd import AS_OF_ENV, settings_from_environ
 from monitor.errors import ConfigError
@@ -238,13 +238,34 @@ def db_error(status: data.DbStatus) -> None:
         st.markdown(t("dberror.how"))
 
 
-STATUS_ICONS = {"healthy": "🟢", "throttled": "🟠", "down": "🔴"}
 STATUS_COLORS = {"healthy": "green", "throttled": "orange", "down": "red"}
+_MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>$~|])")
 
 
-def status_badge(status: str) -> None:
-    """A coloured badge: healthy / throttled / down."""
-    st.badge(t(f"status.{status}"), color=STATUS_COLORS.get(status, "gray"))  # type: ignore[arg-type]
+def md(text: str) -> str:
+    """``text`` shown as it is inside Markdown: emphasis, links, HTML and LaTeX (``$``) characters escaped."""
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", text)
+
+
+def status_badge(status: str) -> str:
+    """A coloured badge in Markdown: healthy / throttled / down."""
+    return f":{STATUS_COLORS.get(status, 'gray')}-badge[{md(t(f'status.{status}'))}]"
+
+
+def health_tile(h: TargetHealth) -> str:
+    """One provider/model's tile as one Markdown text: name, status badge,
+    median TTFT and 429 rate of the last hour, and the counts behind them."""
+    last = outcome(h.last_outcome) + (f" ({h.last_error_code})" if h.last_error_code else "")
+    counts = t("overview.tile_caption", ok=h.ok, requests=h.requests, throttled=h.throttled, last=last)
+    return "  \n".join(
+        (
+            f"**{md(h.provider)}** / {md(h.model)}",
+            status_badge(h.status),
+            f"{t('overview.median_ttft')} **{fmt.ms(h.median_ttft_ms)}** · "
+            f"{t('overview.rate_429')} **{fmt.percent(h.rate_429)}**",
+            f":small[:gray[{md(counts)}]]",
+        )
+    )
 
 
 def css_key(*parts: str) -> str:
@@ -287,7 +308,7 @@ def line_chart(
         .encode(
             x=alt.X("when:T", title=None, scale=alt.Scale(type="utc"), axis=alt.Axis(format=axis_format)),
             y=alt.Y(f"{y}:Q", title=y_title, axis=alt.Axis(format=y_format)),
-            color=alt.Color(f"{series}:N", title=None, legend=alt.Legend(orient="bottom")),
+            color=alt.Color(f"{series}:N", title=None, legend=alt.Legend(orient="bottom", columns=4, labelLimit=320)),
             tooltip=[
                 alt.Tooltip("when:T", title=t("common.time"), format=f"{axis_format}", formatType="utc"),
                 alt.Tooltip(f"{series}:N", title=t("common.series")),
@@ -299,10 +320,44 @@ def line_chart(
     st.altair_chart(chart, width="stretch")
 
 
-def choice(label_key: str, options: Sequence[Any], key: str, *, labels: dict[Any, str] | None = None) -> Any:
-    """A horizontal radio whose value is kept across pages (default: the first option)."""
+TOP_N = 8
+"""Series a chart draws by default: more lines make it unreadable and slow to draw (60 targets x vantages)."""
+
+
+def ranked(values: pd.Series, *, highest_first: bool = True) -> list[str]:
+    """The index of ``values`` (one figure per series) ordered by that figure, ties by name."""
+    order = pd.DataFrame({"name": values.index.astype(str), "value": values.to_numpy(dtype=float)})
+    order = order.sort_values(["value", "name"], ascending=[not highest_first, True], na_position="last")
+    return list(order["name"])
+
+
+def pick_series(names: Sequence[str], caption: str) -> list[str]:
+    """The series to draw: every one when there are at most ``TOP_N``; else a multiselect of all of them, in the
+    order of ``names``, starting with the first ``TOP_N``, and ``caption`` (how those were chosen) under it."""
+    if len(names) <= TOP_N:
+        return list(names)
+    picked = st.multiselect(
+        t("common.series_shown"),
+        list(names),
+        default=list(names[:TOP_N]),
+        placeholder=t("common.pick_series"),
+    )
+    st.caption(t("common.series_count", shown=len(picked), total=len(names)) + " " + caption)
+    if not picked:
+        st.info(t("common.no_series"))
+    return list(picked)
+
+
+def current(key: str, options: Sequence[Any]) -> Any:
+    """The value the ``choice`` radio of ``key`` has (default: the first option), before it is drawn."""
     if st.session_state.get(key) not in options:
         st.session_state[key] = options[0]
+    return st.session_state[key]
+
+
+def choice(label_key: str, options: Sequence[Any], key: str, *, labels: dict[Any, str] | None = None) -> Any:
+    """A horizontal radio whose value is kept across pages (default: the first option)."""
+    current(key, options)
     return st.radio(
         t(label_key),
         options,

@@ -19,6 +19,7 @@ from datetime import UTC, date, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from streamlit import config as st_config
 from streamlit.testing.v1 import AppTest
@@ -47,8 +48,8 @@ from monitor.rollup import refresh_rollups
 from monitor.store import make_engine, upgrade
 
 import_dashboard()
+from monitor.dashboard import data, i18n, ui  # noqa: E402
 from monitor.dashboard import format as fmt  # noqa: E402
-from monitor.dashboard import i18n, ui  # noqa: E402
 
 APP = app_path()
 DASHBOARD = APP.parent
@@ -119,6 +120,17 @@ def metrics(at: AppTest) -> dict[str, str]:
     return {m.label: m.value for m in at.metric}
 
 
+def tile_texts(at: AppTest) -> list[str]:
+    """The Markdown of the Overview's provider/model tiles (each one text with TTFT and 429 rate)."""
+    return [m.value for m in at.markdown if "TTFT **" in m.value or "TTFT 中央値 **" in m.value]
+
+
+def peak_table(at: AppTest) -> dict[str, str]:
+    """The Latency page's peak-slowdown table (its first): provider / model -> ratio shown."""
+    table = at.dataframe[0].value
+    return dict(zip(table.iloc[:, 0], table.iloc[:, 1], strict=True))
+
+
 def texts(at: AppTest) -> str:
     parts = [e.value for kind in ("markdown", "caption", "info", "warning", "error", "code") for e in at.get(kind)]
     return "\n".join(str(p) for p in parts)
@@ -161,14 +173,14 @@ def test_overview_shows_the_analytics_figures(seeded, monkeypatch, loopback):
     finally:
         engine.dispose()
     assert len(targets) == 4
-    ttfts = [value for label, value in shown if label == "Median TTFT"]
-    rates = [value for label, value in shown if label == "429 rate"]
-    assert ttfts == [fmt.ms(h.median_ttft_ms) for h in targets]
-    assert rates == [fmt.percent(h.rate_429) for h in targets]
-    badges = "\n".join(m.value for m in at.markdown)
-    for h in targets:
-        assert f"**{h.provider}** / {h.model}" in badges
-        assert i18n.t(f"status.{h.status}", "en") in badges
+    # One tile per provider/model, in the order of analytics.health, each one Markdown text with its figures.
+    tiles = tile_texts(at)
+    assert [tile.splitlines()[0].strip() for tile in tiles] == [f"**{h.provider}** / {h.model}" for h in targets]
+    for tile, h in zip(tiles, targets, strict=True):
+        assert f"Median TTFT **{fmt.ms(h.median_ttft_ms)}**" in tile
+        assert f"429 rate **{fmt.percent(h.rate_429)}**" in tile
+        assert f"-badge[{i18n.t(f'status.{h.status}', 'en')}]" in tile
+        assert f"{h.ok} of {h.requests} ok, {h.throttled} throttled" in tile
     assert {h.status for h in targets} >= {"healthy", "throttled"}  # the demo's flash model throttles
 
 
@@ -191,9 +203,12 @@ def test_latency_page_peak_ratios_equal_peak_slowdown(seeded, monkeypatch, loopb
     finally:
         engine.dispose()
     assert len(peaks) == 4
-    values = metrics(at)
-    for row in peaks.itertuples():
-        assert values[f"{row.provider} / {row.model}"] == fmt.ratio(row.ratio)
+    table = at.dataframe[0].value
+    assert list(table.columns[:2]) == ["Provider / model", "Ratio"]
+    assert peak_table(at) == {f"{row.provider} / {row.model}": fmt.ratio(row.ratio) for row in peaks.itertuples()}
+    assert list(table["Ratio"]) == [fmt.ratio(r) for r in sorted(peaks["ratio"], reverse=True)]  # slowest first
+    shown = dict(zip(table["Provider / model"], table["Peak median"], strict=True))
+    assert shown == {f"{row.provider} / {row.model}": fmt.ms(row.peak_median) for row in peaks.itertuples()}
     glm5 = peaks[peaks["model"] == "glm-5"]["ratio"].iloc[0]
     assert glm5 > 2.5  # the demo's x3 peak-hour model stands out
     assert len(at.get("vega_lite_chart")) == 2  # percentiles over time + weekday x hour heatmap
@@ -298,6 +313,11 @@ def test_quota_page_shows_every_window_as_quota_statuses_computes_it(seeded, mon
     assert len(statuses) >= 4
     used = [m.value for m in at.metric if m.label == "Used / limit"]
     assert used == [ui.quota_usage(q, "en") for q in statuses]
+    gauges = [h.proto.body for h in at.get("html")]  # one ring per window, its percentage inside
+    assert len(gauges) == len(statuses)
+    for gauge, q in zip(gauges, statuses, strict=True):
+        assert 'class="glm-gauge"' in gauge
+        assert f">{fmt.percent(q.share, 0)}</div>" in gauge
     budget = next(q for q in statuses if q.kind == "monthly_budget")
     assert ui.quota_usage(budget, "en").endswith(f"/ ¥30,000 ({fmt.percent(budget.share)})")
     shown = texts(at)
@@ -335,9 +355,9 @@ def test_filters_and_choices_are_kept_when_switching_pages(seeded, monkeypatch, 
     at.switch_page("views/latency.py").run()
     assert at.multiselect(key="f_providers").value == ["zai"]
     assert at.selectbox(key="f_range").value == "24h"
-    assert set(metrics(at)) == {"zai / glm-4.7", "zai / glm-4.7-flash"}
+    assert set(peak_table(at)) == {"zai / glm-4.7", "zai / glm-4.7-flash"}
     at.switch_page("views/overview.py").run()
-    assert sum(1 for m in at.metric if m.label == "Median TTFT") == 2
+    assert len(tile_texts(at)) == 2
     at.switch_page("views/costs.py").run()
     assert at.radio(key="currency").value == "USD"
     assert "Total in range (USD)" in metrics(at)
@@ -348,9 +368,12 @@ def test_language_switch_relabels_everything(seeded, monkeypatch, loopback):
     use(monkeypatch, settings)
     at = open_app("ja")
     assert at.title[0].value == "概要"
+    assert len(tile_texts(at)) == 4
+    assert all("TTFT 中央値 **" in tile for tile in tile_texts(at))
     at.radio(key="lang").set_value("en").run()
     assert at.title[0].value == "Overview"
-    assert "Median TTFT" in metrics(at)
+    assert all("Median TTFT **" in tile for tile in tile_texts(at))
+    assert len(tile_texts(at)) == 4
 
 
 def test_the_configured_language_is_the_default(seeded, monkeypatch, loopback):
@@ -358,6 +381,50 @@ def test_the_configured_language_is_the_default(seeded, monkeypatch, loopback):
     use(monkeypatch, settings.model_copy(update={"language": "en"}))
     at = AppTest.from_file(str(APP), default_timeout=120).run()
     assert at.title[0].value == "Overview"
+
+
+def test_series_are_ranked_by_their_figure_then_by_name():
+    values = pd.Series({"b": 2.0, "a": 2.0, "c": 5.0, "d": float("nan"), "e": 1.0})
+    assert ui.ranked(values) == ["c", "a", "b", "e", "d"]
+    assert ui.ranked(values, highest_first=False) == ["e", "a", "b", "c", "d"]
+
+
+PICKER = """
+import streamlit as st
+from monitor.dashboard_cmd import import_dashboard
+
+import_dashboard()
+from monitor.dashboard import ui
+
+st.session_state.setdefault("lang", "en")
+names = [f"series {i:02d}" for i in range({count})]
+st.session_state["picked"] = ui.pick_series(names, "The slowest first.")
+"""
+
+
+def test_a_chart_draws_the_top_series_and_the_reader_picks_others():
+    many = AppTest.from_string(PICKER.replace("{count}", "12"), default_timeout=60).run()
+    assert not many.exception
+    picker = many.multiselect[0]
+    assert picker.label == "Series drawn"
+    assert picker.options == [f"series {i:02d}" for i in range(12)]
+    assert picker.value == [f"series {i:02d}" for i in range(ui.TOP_N)]
+    assert many.session_state["picked"] == picker.value
+    assert many.caption[0].value == f"{ui.TOP_N} of 12 series drawn. The slowest first."
+    picker.set_value(["series 11", "series 10"]).run()
+    assert many.session_state["picked"] == ["series 11", "series 10"]
+    picker.set_value([]).run()
+    assert many.info[0].value == i18n.t("common.no_series", "en")
+
+    few = AppTest.from_string(PICKER.replace("{count}", str(ui.TOP_N)), default_timeout=60).run()
+    assert not few.multiselect  # every series is drawn: nothing to pick
+    assert few.session_state["picked"] == [f"series {i:02d}" for i in range(ui.TOP_N)]
+
+
+def test_early_reads_hand_back_their_result_or_their_error():
+    assert data.early(sum, [1, 2, 3]).result() == 6
+    with pytest.raises(ZeroDivisionError):
+        data.early(divmod, 1, 0).result()
 
 
 # ---------------------------------------------------------------------------------------------------------

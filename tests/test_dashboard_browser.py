@@ -109,20 +109,25 @@ def page(browser) -> Iterator[Any]:
 # What each page draws; Streamlit loads an element kind's code on first use, so these can appear just after the
 # footer (the script's last element): a page is read once all of them are there.
 CONTENT = {
-    "overview": ["stMetricValue"],
-    "latency": ["stMetricValue", "stVegaLiteChart", "stDataFrame"],
-    "throttling": ["stMetricValue", "stVegaLiteChart", "stDataFrame"],
-    "costs": ["stMetricValue", "stVegaLiteChart", "stDataFrame", "stDownloadButton"],
-    "quota": ["stMetricValue", "stVegaLiteChart"],
-    "probes": ["stDataFrame"],
+    "overview": ['[class*="st-key-tile-"]', '[data-testid="stMetricValue"]'],
+    "latency": ['[data-testid="stVegaLiteChart"]', '[data-testid="stDataFrame"]'],
+    "throttling": ['[data-testid="stMetricValue"]', '[data-testid="stVegaLiteChart"]', '[data-testid="stDataFrame"]'],
+    "costs": [
+        '[data-testid="stMetricValue"]',
+        '[data-testid="stVegaLiteChart"]',
+        '[data-testid="stDataFrame"]',
+        '[data-testid="stDownloadButton"]',
+    ],
+    "quota": ['[data-testid="stMetricValue"]', ".glm-gauge"],
+    "probes": ['[data-testid="stDataFrame"]'],
 }
 
 
 def visit(page, base: str, name: str) -> None:
     page.goto(base if name == "overview" else f"{base}/{name}")
     page.wait_for_selector(FOOTER, timeout=TIMEOUT_MS)
-    for testid in CONTENT[name]:
-        page.locator(f'[data-testid="{testid}"]').first.wait_for(timeout=TIMEOUT_MS)
+    for selector in CONTENT[name]:
+        page.locator(selector).first.wait_for(timeout=TIMEOUT_MS)
     assert page.locator('[data-testid="stException"]').count() == 0
 
 
@@ -146,25 +151,45 @@ def test_overview_tiles_and_spend(server, page, demo, tmp_path):
     assert page.locator("h1").first.inner_text().strip() == "Overview"
     tiles = page.locator('[class*="st-key-tile-"]')
     assert tiles.count() == 4
-    tile = page.locator(".st-key-tile-bigmodel-glm-5")
-    tile.locator('[data-testid="stMetricValue"]').last.wait_for(timeout=TIMEOUT_MS)
-    assert tile.inner_text().count("Median TTFT") == 1
     engine = make_engine(demo.database.url)
     try:
         forecast = analytics.spend_forecast(engine, RANGE, now=AS_OF, currency="JPY")
+        targets = analytics.health(engine, now=AS_OF)
     finally:
         engine.dispose()
+    glm5 = next(h for h in targets if (h.provider, h.model) == ("bigmodel", "glm-5"))
+    tile = page.locator(".st-key-tile-bigmodel-glm-5")
+    tile.get_by_text("Median TTFT", exact=False).wait_for(timeout=TIMEOUT_MS)
+    text = " ".join(tile.inner_text().split())
+    assert text.count("Median TTFT") == 1
+    assert f"Median TTFT {fmt.ms(glm5.median_ttft_ms)}" in text
+    assert f"429 rate {fmt.percent(glm5.rate_429)}" in text
     shown = metric_values(page)
     assert shown["Month to date (JPY)"] == fmt.money(forecast.month_to_date, "JPY")
     shot(page, tmp_path, "overview")
 
 
-def test_latency_charts_and_peak_ratios(server, page, tmp_path):
+def test_latency_charts_and_peak_ratios(server, page, demo, tmp_path):
     visit(page, server, "latency")
     charts = page.locator('[data-testid="stVegaLiteChart"]')
     charts.nth(1).wait_for(timeout=TIMEOUT_MS)
     assert charts.count() == 2
-    ratio = metric_values(page)["bigmodel / glm-5"]
+    engine = make_engine(demo.database.url)
+    try:
+        peaks = analytics.peak_slowdown(engine, RANGE.tail(analytics.PEAK_SPAN))
+    finally:
+        engine.dispose()
+    # The peak table is the first data grid; its cells are also in the page as a (hidden) accessible table.
+    grid = page.locator('[data-testid="stDataFrame"]').first
+    grid.locator('[data-testid="glide-cell-1-0"]').wait_for(state="attached", timeout=TIMEOUT_MS)
+
+    def cell(column: int, row: int) -> str:
+        return (grid.locator(f'[data-testid="glide-cell-{column}-{row}"]').text_content() or "").strip()
+
+    shown = {cell(0, row): cell(1, row) for row in range(len(peaks))}
+    assert grid.locator(f'[data-testid="glide-cell-0-{len(peaks)}"]').count() == 0  # every row, no more
+    assert shown == {f"{r.provider} / {r.model}": fmt.ratio(r.ratio) for r in peaks.itertuples()}
+    ratio = shown["bigmodel / glm-5"]
     assert ratio.startswith("×") and float(ratio[1:]) > 2
     assert page.get_by_text("15:00-18:00 Asia/Shanghai", exact=False).count() >= 1
     shot(page, tmp_path, "latency")
@@ -209,9 +234,9 @@ def test_quota_gauges(server, page, demo, tmp_path):
     finally:
         engine.dispose()
     assert page.locator('[class*="st-key-quota-"]').count() == len(statuses)
-    gauges = page.locator('[class*="st-key-quota-"] [data-testid="stVegaLiteChart"]')
-    gauges.nth(len(statuses) - 1).wait_for(timeout=TIMEOUT_MS)  # charts are drawn after the script ends
-    assert gauges.count() == len(statuses)
+    gauges = page.locator('[class*="st-key-quota-"] .glm-gauge')
+    gauges.nth(len(statuses) - 1).wait_for(timeout=TIMEOUT_MS)
+    assert [g.inner_text().strip() for g in gauges.all()] == [fmt.percent(q.share, 0) for q in statuses]
     budget = page.locator(".st-key-quota-team-budget-month")
     budget.locator('[data-testid="stMetricValue"]').wait_for(timeout=TIMEOUT_MS)
     assert budget.inner_text().count("¥30,000") == 1

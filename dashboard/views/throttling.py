@@ -21,9 +21,19 @@ gran_choice = ui.choice(
 )
 granularity = ui.granularity(v, gran_choice)
 
+TRAFFIC = ("probe", "real")
+traffic = ui.current("thr_traffic", TRAFFIC)  # its radio is drawn below the headline figures
+
+# Every read at once (data.early): a cold page then waits for the slowest, not for their sum.
+probe_total_read = data.early(data.throttle, v.url, v.filters, "probe", None, (), v.zone_name)
+real_total_read = data.early(data.throttle, v.url, v.filters, "real", None, (), v.zone_name)
+rates_read = data.early(data.throttle, v.url, v.filters, traffic, granularity, ("provider", "model"), v.zone_name)
+parts_read = data.early(data.breakdown, v.url, v.filters, traffic, v.zone_name)
+retry_read = data.early(data.throttle, v.url, v.filters, "probe", None, ("provider", "model"), v.zone_name)
+
 # --- headline figures over the whole range
-probe_total = data.throttle(v.url, v.filters, "probe", None, (), v.zone_name)
-real_total = data.throttle(v.url, v.filters, "real", None, (), v.zone_name)
+probe_total = probe_total_read.result()
+real_total = real_total_read.result()
 cells = [(t("throttling.rate_probe"), probe_total.iloc[0] if not probe_total.empty else None)]
 cells += [(t("throttling.rate_real", source=row.source), row) for row in real_total.itertuples(index=False)]
 columns = st.columns(max(len(cells) + 1, 3))
@@ -42,25 +52,50 @@ columns[len(cells)].metric(t("throttling.retry_after_max"), fmt.seconds(retry_ma
 
 def section(traffic: str) -> None:
     """The 429 rate over time and the outcome / code breakdown of ``traffic`` (probe or real)."""
-    rates = data.throttle(v.url, v.filters, traffic, granularity, ("provider", "model"), v.zone_name)
+    rates = rates_read.result()
     st.markdown(f"**{t('throttling.over_time')}**")
     if rates.empty:
         st.info(t("common.no_data_range"))
         return
-    series = [ui.target(p, m) for p, m in zip(rates["provider"], rates["model"], strict=True)]
+    targets = [ui.target(p, m) for p, m in zip(rates["provider"], rates["model"], strict=True)]
+    series = targets
     if traffic == "real":
-        series = [f"{s} ({src})" for s, src in zip(series, rates["source"], strict=True)]
+        series = [f"{s} ({src})" for s, src in zip(targets, rates["source"], strict=True)]
     chart = pd.DataFrame(
-        {"when": ui.local_times(rates["period"], v.zone), "series": series, "value": rates["rate_429"].astype(float)}
+        {
+            "when": ui.local_times(rates["period"], v.zone),
+            "series": series,
+            "target": targets,
+            "value": rates["rate_429"].astype(float),
+            "http_429": rates["http_429"].astype(float),
+            "requests": rates["requests"].astype(float),
+        }
     )
-    ui.line_chart(chart, y="value", y_title=t("throttling.rate_429"), y_format=".1%", hourly=granularity == "hour")
+    # The highest 429 rate over the whole range first (429s / requests of the series, not a mean of rates).
+    sums = chart.groupby("series")[["http_429", "requests"]].sum()
+    ranked = ui.ranked(sums["http_429"] / sums["requests"].where(sums["requests"] > 0), highest_first=True)
+    shown = ui.pick_series(ranked, t("throttling.series_caption", n=ui.TOP_N))
+    drawn = chart[chart["series"].isin(shown)]
+    if shown:
+        ui.line_chart(
+            drawn[["when", "series", "value"]],
+            y="value",
+            y_title=t("throttling.rate_429"),
+            y_format=".1%",
+            hourly=granularity == "hour",
+        )
 
     st.markdown(f"**{t('throttling.breakdown')}**")
-    parts = data.breakdown(v.url, v.filters, traffic, v.zone_name)
+    parts = parts_read.result()
     if parts.empty:
         st.info(t("common.no_data_range"))
         return
-    failed = parts[parts["outcome"] != "ok"]
+    # The bars follow the series picked above: one colour per drawn provider/model.
+    picked = set(drawn["target"])
+    in_picked = pd.Series(
+        [ui.target(p, m) in picked for p, m in zip(parts["provider"], parts["model"], strict=True)], index=parts.index
+    )
+    failed = parts[(parts["outcome"] != "ok") & in_picked]
     if not failed.empty:
         bars = pd.DataFrame(
             {
@@ -106,14 +141,14 @@ def section(traffic: str) -> None:
 # One kind of traffic at a time: drawing both (as tabs would) doubles the charts the browser must draw.
 traffic = ui.choice(
     "throttling.traffic",
-    ("probe", "real"),
+    TRAFFIC,
     "thr_traffic",
     labels={"probe": t("throttling.probes"), "real": t("throttling.real")},
 )
 if traffic == "probe":
     section("probe")
     st.markdown(f"**{t('throttling.retry_after')}**")
-    retry = data.throttle(v.url, v.filters, "probe", None, ("provider", "model"), v.zone_name)
+    retry = retry_read.result()
     if retry.empty or retry["retry_after_max_s"].isna().all():
         st.caption(t("throttling.no_retry_after"))
     else:
