@@ -26,8 +26,9 @@ How an hour is kept right (late rows, replays, several daemons writing into one 
   check keeps it from recomputing anything that did not change. (Right after the first start the band is the
   whole table for one overlap period: a one-off catch-up cost.)
 - **One refresher at a time.** On Postgres a session advisory lock lets one daemon refresh while the others skip
-  that round; on SQLite the database's write lock serialises the transactions. Each batch of at most
-  ``CHUNK_HOURS`` hours is one transaction, so a long catch-up never holds SQLite's write lock for long.
+  that round; on SQLite the database's write lock serialises the transactions. Each batch of hours
+  holding about ``BATCH_ROWS`` raw rows (within ``BATCH_SPAN``) is one transaction, so a long catch-up never holds
+  SQLite's write lock for long, and the days of a batch's hours are rebuilt once per batch.
 - **Pruning.** ``prune_raw`` first refreshes, then raises ``raw_floor`` to the cutoff (a whole hour) and deletes
   older raw rows. Hours before ``raw_floor`` are never recomputed again, so their rollups stay as they were; a raw
   row arriving later for such an hour (older than the retention) is counted in the report and left for the
@@ -91,11 +92,12 @@ from monitor.rollup_days import DEFAULT_DAY_ZONES, keep_zones, recompute_days
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "BATCH_ROWS",
+    "BATCH_SPAN",
     "BUCKETS_PER_DECADE",
     "BUCKET_MAX",
     "BUCKET_MIN",
     "BUCKET_RATIO",
-    "CHUNK_HOURS",
     "COST_SCALE",
     "DATASETS",
     "DEFAULT_OVERLAP",
@@ -128,8 +130,11 @@ _MAX_EDGE = 10 ** (BUCKET_MAX / BUCKETS_PER_DECADE)
 COST_SCALE = 10**10
 """Rollup costs are integers in 1e-10 units of their currency (the raw ``Numeric(24, 10)`` scale): exact sums."""
 
-CHUNK_HOURS = 24
-"""Hours recomputed per transaction."""
+BATCH_ROWS = 50_000
+"""Raw rows recomputed per transaction, about (a batch holds at least one hour, and hours within ``BATCH_SPAN``):
+bounds how long a catch-up holds SQLite's write lock while letting sparse hours share one daily rebuild."""
+BATCH_SPAN = timedelta(days=31)
+"""The longest span of hours in one transaction (the days its daily rebuild reads)."""
 DEFAULT_OVERLAP = timedelta(minutes=10)
 """How long a seen id waits before it becomes ``safe_id``: longer than any writer transaction plus a refresh."""
 
@@ -188,6 +193,8 @@ class DatasetReport:
     candidate_hours: int
     recomputed_hours: int
     hours_before_retention: int
+    transactions: int = 0
+    """Write transactions the recompute took (batches of about ``BATCH_ROWS`` raw rows)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -416,11 +423,29 @@ def _known_counts(conn: Connection, dataset: Dataset, start: datetime, end: date
 # --- recomputing --------------------------------------------------------------------------------------------
 
 
-def _recompute(
-    conn: Connection, dataset: Dataset, start: datetime, end: datetime, now: datetime, zones: Sequence[str]
-) -> None:
-    """Replace the rollups of every hour in [start, end) with aggregates of the raw rows, in ``conn``'s txn,
-    and the daily rollups of every day of ``zones`` holding one of those hours (``monitor.rollup_days``)."""
+def _txn_batches(rows_per_hour: Mapping[datetime, int], batch_rows: int = BATCH_ROWS) -> list[list[datetime]]:
+    """The hours to recompute (keys: hour, values: its raw rows) in sorted batches of one transaction each.
+
+    A batch closes before the hour that would take it past ``batch_rows`` raw rows (an hour with more is a batch
+    of its own) or past ``BATCH_SPAN`` from its first hour, so the daily rebuild of a batch reads a bounded span."""
+    batches: list[list[datetime]] = []
+    rows = 0
+    for h in sorted(rows_per_hour):
+        n = rows_per_hour[h]
+        if batches and rows + n <= batch_rows and h - batches[-1][0] < BATCH_SPAN:
+            batches[-1].append(h)
+            rows += n
+        else:
+            batches.append([h])
+            rows = n
+    return batches
+
+
+def _recompute_hours(conn: Connection, dataset: Dataset, start: datetime, end: datetime, now: datetime) -> None:
+    """Replace the rollups of every hour in [start, end) with aggregates of the raw rows, in ``conn``'s txn.
+
+    The caller rebuilds the daily rollups of the days holding those hours in the same transaction
+    (``monitor.rollup_days.recompute_days``), so hourly and daily rollups never disagree after a commit."""
     hours = cast(Table, RollupHourRow.__table__)
     outcomes = cast(Table, OutcomeHourlyRow.__table__)
     # Deleting first also takes SQLite's write lock before anything is read.
@@ -446,7 +471,6 @@ def _recompute(
             select(literal(dataset), sub.c.hour, func.count(), literal(now, UTCDateTime())).group_by(sub.c.hour),
         )
     )
-    recompute_days(conn, dataset, zones, start, end)
 
 
 def _outcome_rollup(conn: Connection, inner: Subquery, *, source_col: ColumnElement[str]) -> None:
@@ -659,7 +683,7 @@ def _now(now: datetime | None) -> datetime:
 
 
 def _refresh_dataset(
-    engine: Engine, dataset: Dataset, now: datetime, overlap: timedelta, zones: Sequence[str]
+    engine: Engine, dataset: Dataset, now: datetime, overlap: timedelta, zones: Sequence[str], batch_rows: int
 ) -> DatasetReport:
     state = _load_state(engine, dataset, now)
     raw = _raw_table(dataset)
@@ -675,23 +699,32 @@ def _refresh_dataset(
                 len(too_old),
                 floor.isoformat() if floor else "",
             )
-        changed: list[datetime] = []
+        changed: dict[datetime, int] = {}  # hour -> its raw rows now
         for start, end in hour_runs((h for h in candidates if floor is None or h >= floor), _MERGE_GAP_HOURS):
             actual = _raw_counts(conn, raw, start, end)
             known = _known_counts(conn, dataset, start, end)
-            changed += [h for h in actual.keys() | known.keys() if actual.get(h, 0) != known.get(h, 0)]
-    for start, end in hour_runs(changed, 0, CHUNK_HOURS):
+            changed.update(
+                (h, actual.get(h, 0)) for h in actual.keys() | known.keys() if actual.get(h, 0) != known.get(h, 0)
+            )
+    batches = _txn_batches(changed, batch_rows)
+    for batch in batches:
         with _write_txn(engine) as conn:
-            _recompute(conn, dataset, start, end, now, zones)
+            for start, end in hour_runs(batch):
+                _recompute_hours(conn, dataset, start, end, now)
+            # One daily rebuild per transaction, not per run: sparse late hours (one every 12 hours for months)
+            # would otherwise cost a rebuild of every zone and tier for each of them.
+            recompute_days(conn, dataset, zones, batch[0], batch[-1] + timedelta(hours=1))
     _advance_state(engine, dataset, state, max_id, now, overlap)
-    return DatasetReport(dataset, state.safe_id, max_id, len(candidates), len(changed), len(too_old))
+    return DatasetReport(dataset, state.safe_id, max_id, len(candidates), len(changed), len(too_old), len(batches))
 
 
-def _refresh_locked(engine: Engine, now: datetime, overlap: timedelta, day_zones: Iterable[str]) -> RollupReport:
+def _refresh_locked(
+    engine: Engine, now: datetime, overlap: timedelta, day_zones: Iterable[str], batch_rows: int = BATCH_ROWS
+) -> RollupReport:
     started = time.monotonic()
     with _write_txn(engine) as conn:
         zones = keep_zones(conn, day_zones, now)
-    reports = tuple(_refresh_dataset(engine, dataset, now, overlap, zones) for dataset in DATASETS)
+    reports = tuple(_refresh_dataset(engine, dataset, now, overlap, zones, batch_rows) for dataset in DATASETS)
     return RollupReport(now, time.monotonic() - started, reports)
 
 
@@ -702,19 +735,23 @@ def refresh_rollups(
     overlap: timedelta = DEFAULT_OVERLAP,
     wait: bool = False,
     day_zones: Iterable[str] = DEFAULT_DAY_ZONES,
+    batch_rows: int = BATCH_ROWS,
 ) -> RollupReport:
     """Bring every hourly and daily rollup up to date with the raw tables (idempotent; see the module docstring).
 
     ``now`` is the refresh time used for the overlap bookkeeping. ``day_zones`` are zones whose daily rollups
     must be kept (a zone not kept yet is built from the hourly rollups first; zones kept earlier stay kept, see
-    ``monitor.rollup_days``). When another refresh is running (another thread, or another daemon on the same
-    Postgres) this returns at once with ``skipped`` set, unless ``wait``.
+    ``monitor.rollup_days``). ``batch_rows`` is about how many raw rows one write transaction recomputes. When
+    another refresh is running (another thread, or another daemon on the same Postgres) this returns at once with
+    ``skipped`` set, unless ``wait``.
     """
+    if batch_rows < 1:
+        raise ValueError("batch_rows must be at least 1")
     at = _now(now)
     with _exclusive(engine, wait=wait) as acquired:
         if not acquired:
             return RollupReport(at, 0.0, skipped="another rollup refresh is running")
-        return _refresh_locked(engine, at, overlap, day_zones)
+        return _refresh_locked(engine, at, overlap, day_zones, batch_rows)
 
 
 def prune_raw(

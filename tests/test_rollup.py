@@ -25,7 +25,6 @@ from monitor.money import Cost
 from monitor.outcomes import THROTTLED, Outcome
 from monitor.rollup import (
     BUCKET_RATIO,
-    CHUNK_HOURS,
     COST_SCALE,
     bucket_lower_edge,
     bucket_of,
@@ -236,13 +235,39 @@ def test_outcome_breakdown_counts_codes_and_keeps_probes_apart_from_their_usage_
 
 
 def test_catch_up_spans_many_transactions(engine):
-    hours = CHUNK_HOURS * 2 + 5
+    hours = 53
     events = history(hours=hours, per_hour=2, seed=7)
     write_events(engine, events)
+    per_hour = {
+        "probe_results": Counter(floor_hour(e.ts) for e in events if isinstance(e, ProbeResult)),
+        "usage_events": Counter(floor_hour(e.ts) for e in events if isinstance(e, UsageEvent)),
+    }
 
-    report = refresh_rollups(engine, now=T0 + timedelta(days=5))
+    report = refresh_rollups(engine, now=T0 + timedelta(days=5), batch_rows=9)
 
     assert report.recomputed_hours == 2 * hours
+    for d in report.datasets:
+        # Hours go in whole, in order, while they fit in 9 rows: the same packing done by hand.
+        expected, rows = 0, 9
+        for h in sorted(per_hour[d.dataset]):
+            n = per_hour[d.dataset][h]
+            expected, rows = (expected, rows + n) if rows + n <= 9 else (expected + 1, n)
+        assert d.transactions == expected > 10
+    check_matches_raw(engine, events)
+
+
+def test_sparse_hours_months_apart_share_transactions_within_a_month(engine):
+    # One usage event every 12 hours for 100 days: each month's hours are recomputed in one transaction.
+    start = T0 - timedelta(days=100)
+    rng = random.Random(4)
+    events = [usage(start + timedelta(hours=12 * i), rng) for i in range(200)]
+    write_events(engine, events)
+
+    report = refresh_rollups(engine, now=T0 + timedelta(days=1))
+
+    (usage_report,) = [d for d in report.datasets if d.dataset == "usage_events"]
+    assert usage_report.recomputed_hours == 200
+    assert usage_report.transactions == 4  # 100 days in spans of 31
     check_matches_raw(engine, events)
 
 
