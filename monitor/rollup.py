@@ -138,6 +138,7 @@ BATCH_SPAN = timedelta(days=31)
 DEFAULT_OVERLAP = timedelta(minutes=10)
 """How long a seen id waits before it becomes ``safe_id``: longer than any writer transaction plus a refresh."""
 
+_DAY_GAP_HOURS = 48  # hours this close share one daily rebuild (the days between are rebuilt too, cheaply)
 _MERGE_GAP_HOURS = 3  # candidate hours this close are checked/recomputed together (fewer statements)
 _PRUNE_BATCH = 20_000
 _PG_LOCK_KEY = 0x676C6D5F726F6C6C  # "glm_roll"
@@ -711,9 +712,11 @@ def _refresh_dataset(
         with _write_txn(engine) as conn:
             for start, end in hour_runs(batch):
                 _recompute_hours(conn, dataset, start, end, now)
-            # One daily rebuild per transaction, not per run: sparse late hours (one every 12 hours for months)
-            # would otherwise cost a rebuild of every zone and tier for each of them.
-            recompute_days(conn, dataset, zones, batch[0], batch[-1] + timedelta(hours=1))
+            # Days are rebuilt per stretch of hours at most two days apart, not per run of consecutive hours:
+            # sparse hours (one every 12 hours for months) would otherwise cost a rebuild of every zone and tier
+            # each, and hours weeks apart do not make it read the weeks between them.
+            for start, end in hour_runs(batch, _DAY_GAP_HOURS):
+                recompute_days(conn, dataset, zones, start, end)
     _advance_state(engine, dataset, state, max_id, now, overlap)
     return DatasetReport(dataset, state.safe_id, max_id, len(candidates), len(changed), len(too_old), len(batches))
 
