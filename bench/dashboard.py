@@ -1,8 +1,9 @@
 """Dashboard page load times in a real browser, and the README screenshots.
 
-Timing (default): for each page, a fresh dashboard process (empty data caches) is started with the launcher
+Timing (default): for each page, fresh dashboard processes (empty data caches) are started with the launcher
 and headless Chromium (Debian's /usr/bin/chromium, no browser download) opens the page in a new tab, i.e. a
-new Streamlit session; "cold" is the time from navigation until the page's last element (its footer) is drawn.
+new Streamlit session; "cold" is the time from navigation until the page's last element (its footer) is drawn,
+median of ``--cold-runs`` fresh processes (the slowest is shown too).
 "warm" is the same page opened again in new tabs of the same process (figures cached), median of ``--runs``.
 The browser keeps Streamlit's scripts cached (as a returning reader's does); a one-line Streamlit app measured
 the same way gives the floor. Goal: cold <= 2 s.
@@ -177,8 +178,9 @@ def median_load(context, url: str, runs: int, content: str | None = None) -> tup
     return statistics.median(b for b, _ in loads), statistics.median(s for _, s in loads)
 
 
-def bench(settings: Settings, as_of: datetime | None, runs: int, folder: Path, log: Path) -> None:
-    """Cold and warm load times of every page, as a table, with the baseline of a one-line app."""
+def bench(settings: Settings, as_of: datetime | None, runs: int, cold_runs: int, folder: Path, log: Path) -> None:
+    """Cold (median of ``cold_runs`` fresh servers) and warm (median of ``runs``) load times of every page, as a
+    table, with the baseline of a one-line app."""
     port = free_port()  # one origin for every server, so the browser keeps Streamlit's scripts cached
     rows = []
     with browser() as chromium:
@@ -188,19 +190,29 @@ def bench(settings: Settings, as_of: datetime | None, runs: int, folder: Path, l
             floor, _ = median_load(context, base, max(runs, 3))
         print(f"  baseline (one-line Streamlit app): {floor:.2f} s", flush=True)
         for name in PAGES:
-            with dashboard(settings, as_of, log, port) as base:
-                cold, cold_server = load(context, page_url(base, name), CONTENT[name])
-                warm, warm_server = median_load(context, page_url(base, name), runs, CONTENT[name])
-            rows.append((name, cold, cold_server, warm, warm_server))
-            print(f"  {name}: cold {cold:.2f} s (server {cold_server:.2f}), warm {warm:.2f} s", flush=True)
+            colds: list[tuple[float, float]] = []
+            for i in range(cold_runs):
+                with dashboard(settings, as_of, log, port) as base:
+                    colds.append(load(context, page_url(base, name), CONTENT[name]))
+                    if i == cold_runs - 1:
+                        warm, warm_server = median_load(context, page_url(base, name), runs, CONTENT[name])
+            cold = statistics.median(b for b, _ in colds)
+            cold_server = statistics.median(s for _, s in colds)
+            worst = max(b for b, _ in colds)
+            rows.append((name, cold, worst, cold_server, warm, warm_server))
+            each = ", ".join(f"{b:.2f}" for b, _ in colds)
+            print(f"  {name}: cold {each} s (server {cold_server:.2f}), warm {warm:.2f} s", flush=True)
         context.close()
     print()
-    print(f"{'page':<12} {'cold s':>8} {'server':>8} {'warm s':>8} {'server':>8}")
-    print(f"{'(baseline)':<12} {floor:>8.2f} {'':>8} {floor:>8.2f}")
-    for name, cold, cold_server, warm, warm_server in rows:
-        print(f"{name:<12} {cold:>8.2f} {cold_server:>8.2f} {warm:>8.2f} {warm_server:>8.2f}")
-    worst = max(row[1] for row in rows)
-    print(f"\nslowest cold load: {worst:.2f} s (goal <= 2 s): {'met' if worst <= 2 else 'NOT met'}")
+    print(f"{'page':<12} {'cold s':>8} {'max':>8} {'server':>8} {'warm s':>8} {'server':>8}")
+    print(f"{'(baseline)':<12} {floor:>8.2f} {'':>8} {'':>8} {floor:>8.2f}")
+    for name, cold, worst, cold_server, warm, warm_server in rows:
+        print(f"{name:<12} {cold:>8.2f} {worst:>8.2f} {cold_server:>8.2f} {warm:>8.2f} {warm_server:>8.2f}")
+    slowest = max(row[1] for row in rows)
+    print(
+        f"\nslowest cold load (median of {cold_runs} fresh servers): {slowest:.2f} s (goal <= 2 s): "
+        f"{'met' if slowest <= 2 else 'NOT met'}"
+    )
     print("(server: seconds the dashboard spent on the run, as its footer reports; the rest is the browser)")
 
 
@@ -237,6 +249,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--database-url", help="database to read (default: build a 7-day demo database)")
     parser.add_argument("--as-of", help="ISO time the dashboard treats as now, or 'auto' (newest rolled-up hour)")
     parser.add_argument("--runs", type=int, default=3, help="warm loads per page (median shown)")
+    parser.add_argument("--cold-runs", type=int, default=3, help="fresh servers per page for cold loads (median)")
     parser.add_argument("--days", type=float, default=7, help="history of the demo database (default 7)")
     parser.add_argument("--lang", default="en", help="dashboard language for timing (ja or en)")
     parser.add_argument("--screenshots", metavar="DIR", help="save README screenshots here instead of timing")
@@ -263,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
                 "headless Chromium, browser cache warm: navigation -> page footer drawn; "
                 "cold = first view after a fresh server start (empty data caches)"
             )
-            bench(settings, as_of, args.runs, Path(tmp), log)
+            bench(settings, as_of, args.runs, args.cold_runs, Path(tmp), log)
     return 0
 
 

@@ -3,26 +3,25 @@
 Each function takes the database URL (the engine is shared per URL) and plain, hashable arguments, so
 ``st.cache_data`` keys on them; the pages pass ranges that end at the next whole hour, so the key stays the same
 for a whole hour and the TTL alone decides when figures are read again. ``status`` tells an empty, missing or
-unreachable database apart before any page asks for figures. ``early`` starts a read in a thread of its own, so a
-page's reads run together instead of one after the other.
+unreachable database apart before any page asks for figures.
+
+Pages read in the order they draw, each figure just before its section: the browser draws what is sent while the
+next read runs. (Starting a page's reads together in threads was slower on a cold page: the reads contend for the
+GIL, so every section waited for all of them — bench/dashboard.py, BENCHMARKS.md.)
 """
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
 import pandas as pd
 import streamlit as st
 from sqlalchemy import Engine
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
-from streamlit.runtime.scriptrunner import add_script_run_ctx, get_script_run_ctx
 
 from monitor import analytics
 from monitor.analytics import Filters, Granularity, Metric, PeakWindow
@@ -34,7 +33,6 @@ from monitor.redact import redact
 from monitor.store import describe_url, make_engine, normalise_url, table_names
 
 TTL_S = 45
-T = TypeVar("T")
 ALL_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 ROLLUP_TABLES = ("rollup_probe_hourly", "rollup_usage_hourly", "rollup_outcome_hourly")
 PROBE_LIMIT = analytics.PROBE_LIMIT
@@ -113,13 +111,12 @@ def dimensions(url: str) -> Dimensions:
     """Providers, models, vantages (probes and real traffic) and apps (real traffic) ever rolled up."""
     everything = Filters(ALL_TIME, datetime.now(UTC) + timedelta(days=366))
     db = engine(url)
-    probes_read = early(
-        analytics.throttle_rates, db, everything, traffic="probe", granularity=None, by=("provider", "model", "vantage")
+    probes = analytics.throttle_rates(
+        db, everything, traffic="probe", granularity=None, by=("provider", "model", "vantage")
     )
     real = analytics.throttle_rates(
         db, everything, traffic="real", granularity=None, by=("provider", "model", "vantage", "app")
     )
-    probes = probes_read.result()
 
     def values(column: str, *frames: pd.DataFrame) -> tuple[str, ...]:
         found: set[str] = set()
@@ -210,30 +207,6 @@ def costs(
 def latest_probes(url: str, filters: Filters, outcomes: tuple[str, ...] = (), limit: int = PROBE_LIMIT) -> pd.DataFrame:
     """``analytics.latest_probes``: the newest ``limit`` probe results in the range, optionally of some outcomes."""
     return analytics.latest_probes(engine(url), filters, outcomes=outcomes, limit=limit)
-
-
-def early(read: Callable[..., T], *args: Any, **kwargs: Any) -> Future[T]:
-    """Start ``read(*args, **kwargs)`` now in a thread of its own and return its future.
-
-    A page starts its reads together at the top (``.result()`` where it draws each figure), so a cold page waits
-    for its slowest read rather than for their sum: the database drivers let go of the GIL while the database
-    works. The thread gets this run's Streamlit context, so the cached functions of this module share the cache
-    of the page; an exception is raised by ``.result()``, in the page, as if the read had been made there.
-    """
-    future: Future[T] = Future()
-    context = get_script_run_ctx()
-
-    def work() -> None:
-        try:
-            future.set_result(read(*args, **kwargs))
-        except BaseException as exc:  # handed to the page's .result(), which raises it
-            future.set_exception(exc)
-
-    thread = threading.Thread(target=work, name="dashboard-read", daemon=True)
-    if context is not None:
-        add_script_run_ctx(thread, context)
-    thread.start()
-    return future
 
 
 def clear() -> None:

@@ -48,8 +48,8 @@ from monitor.rollup import refresh_rollups
 from monitor.store import make_engine, upgrade
 
 import_dashboard()
-from monitor.dashboard import data, i18n, ui  # noqa: E402
 from monitor.dashboard import format as fmt  # noqa: E402
+from monitor.dashboard import i18n, ui  # noqa: E402
 
 APP = app_path()
 DASHBOARD = APP.parent
@@ -419,12 +419,6 @@ def test_a_chart_draws_the_top_series_and_the_reader_picks_others():
     few = AppTest.from_string(PICKER.replace("{count}", str(ui.TOP_N)), default_timeout=60).run()
     assert not few.multiselect  # every series is drawn: nothing to pick
     assert few.session_state["picked"] == [f"series {i:02d}" for i in range(ui.TOP_N)]
-
-
-def test_early_reads_hand_back_their_result_or_their_error():
-    assert data.early(sum, [1, 2, 3]).result() == 6
-    with pytest.raises(ZeroDivisionError):
-        data.early(divmod, 1, 0).result()
 
 
 # ---------------------------------------------------------------------------------------------------------

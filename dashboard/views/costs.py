@@ -22,12 +22,7 @@ with right:
     dim = ui.choice("costs.group_by", DIMS, "cost_dim", labels={d: t(f"dim.{d}") for d in DIMS})
 column = currency.lower()
 
-# Every read at once (data.early): a cold page then waits for the slowest, not for their sum.
-whole_read = data.early(data.costs, v.url, v.filters, "total", (), v.zone_name, v.prices)
-daily_read = data.early(data.costs, v.url, v.filters, "day", (dim,), v.zone_name, v.prices)
-groups_read = data.early(data.costs, v.url, v.filters, "total", (dim,), v.zone_name, v.prices)
-detail_read = data.early(data.costs, v.url, v.filters, "day", ("provider", "model", "app"), v.zone_name, v.prices)
-whole = whole_read.result()
+whole = data.costs(v.url, v.filters, "total", (), v.zone_name, v.prices)
 if whole.empty:
     st.info(t("common.no_data_range"))
     ui.footer(v)
@@ -41,7 +36,7 @@ cells[3].metric(t("costs.cache_savings", currency=currency), fmt.money(row[f"cac
 
 # --- by day
 st.subheader(t("costs.by_day", dim=t(f"dim.{dim}").lower()))
-daily = daily_read.result()
+daily = data.costs(v.url, v.filters, "day", (dim,), v.zone_name, v.prices)
 bars = pd.DataFrame(
     {
         "day": [f"{d:%m-%d}" for d in daily["period"]],
@@ -74,7 +69,7 @@ with st.container(key="fx-rates"):
 
 # --- by provider / model / app over the range
 st.subheader(t("costs.by_group", dim=t(f"dim.{dim}").lower()))
-groups = groups_read.result()
+groups = data.costs(v.url, v.filters, "total", (dim,), v.zone_name, v.prices)
 st.dataframe(
     pd.DataFrame(
         {
@@ -94,7 +89,7 @@ st.dataframe(
 
 # --- the detail table: local day x provider x model x app, downloadable
 st.subheader(t("costs.detail"))
-detail = detail_read.result()
+detail = data.costs(v.url, v.filters, "day", ("provider", "model", "app"), v.zone_name, v.prices)
 shown = pd.DataFrame(
     {
         t("costs.day"): detail["period"].astype(str),

@@ -35,14 +35,9 @@ granularity = ui.granularity(v, gran_choice)
 is_speed = metric == "tokens_per_s"
 show = fmt.per_second if is_speed else fmt.ms
 
-# Every read at once (data.early): a cold page then waits for the slowest, not for their sum.
-latency_read = data.early(data.latency, v.url, v.filters, granularity, v.zone_name, metric)
-peak_read = data.early(data.peak, v.url, v.filters, metric)
-compare_read = data.early(data.compare, v.url, v.filters, v.prices)
-
 # --- over time
 st.subheader(t("latency.over_time", metric=metric_labels[metric], pct=pct))
-frame = latency_read.result()
+frame = data.latency(v.url, v.filters, granularity, v.zone_name, metric)
 frame = frame[frame["metric"] == metric] if not frame.empty else frame
 if frame.empty:
     st.info(t("common.no_data_range"))
@@ -122,7 +117,7 @@ else:
 
 # --- peak slowdown
 st.subheader(t("latency.peak"))
-peaks = peak_read.result()
+peaks = data.peak(v.url, v.filters, metric)
 if peaks.empty:
     st.info(t("common.no_data_range"))
 else:
@@ -151,7 +146,7 @@ else:
 
 # --- the same model across providers
 st.subheader(t("latency.compare"))
-compare = compare_read.result()
+compare = data.compare(v.url, v.filters, v.prices)
 if compare.empty:
     st.info(t("common.no_data_range"))
 else:

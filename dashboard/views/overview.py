@@ -10,13 +10,8 @@ from monitor.dashboard.i18n import t
 v = ui.view()
 ui.header(v, "overview.title")
 
-# Every read at once (data.early): a cold page then waits for the slowest, not for their sum.
-health_read = data.early(data.health, v.url, v.now, v.filters)
-spend_reads = {c: data.early(data.spend_forecast, v.url, v.now, v.filters, c, v.zone_name) for c in ("JPY", "USD")}
-quotas_read = data.early(data.quotas, v.url, v.settings_json, v.now)
-
 st.subheader(t("overview.health"))
-targets = health_read.result()
+targets = data.health(v.url, v.now, v.filters)
 if not targets:
     st.info(t("overview.no_recent"))
 # One Markdown element per tile: a tile of a badge, two st.metric and a caption cost the browser five elements,
@@ -32,13 +27,13 @@ st.caption(t("overview.health_window", since=fmt.when(targets[0].since, v.zone))
 st.subheader(t("overview.spend"))
 columns = st.columns(4)
 for i, currency in enumerate(("JPY", "USD")):
-    forecast = spend_reads[currency].result()
+    forecast = data.spend_forecast(v.url, v.now, v.filters, currency, v.zone_name)
     columns[2 * i].metric(t("overview.mtd", currency=currency), fmt.money(forecast.month_to_date, currency))
     columns[2 * i + 1].metric(t("overview.forecast", currency=currency), fmt.money(forecast.forecast, currency))
 st.caption(t("overview.forecast_method", month=f"{forecast.month:%Y-%m}", days=fmt.number(forecast.days_remaining, 1)))
 
 st.subheader(t("overview.quotas"))
-statuses = quotas_read.result()
+statuses = data.quotas(v.url, v.settings_json, v.now)
 if not statuses:
     st.info(t("quota.none"))
 else:

@@ -24,16 +24,9 @@ granularity = ui.granularity(v, gran_choice)
 TRAFFIC = ("probe", "real")
 traffic = ui.current("thr_traffic", TRAFFIC)  # its radio is drawn below the headline figures
 
-# Every read at once (data.early): a cold page then waits for the slowest, not for their sum.
-probe_total_read = data.early(data.throttle, v.url, v.filters, "probe", None, (), v.zone_name)
-real_total_read = data.early(data.throttle, v.url, v.filters, "real", None, (), v.zone_name)
-rates_read = data.early(data.throttle, v.url, v.filters, traffic, granularity, ("provider", "model"), v.zone_name)
-parts_read = data.early(data.breakdown, v.url, v.filters, traffic, v.zone_name)
-retry_read = data.early(data.throttle, v.url, v.filters, "probe", None, ("provider", "model"), v.zone_name)
-
 # --- headline figures over the whole range
-probe_total = probe_total_read.result()
-real_total = real_total_read.result()
+probe_total = data.throttle(v.url, v.filters, "probe", None, (), v.zone_name)
+real_total = data.throttle(v.url, v.filters, "real", None, (), v.zone_name)
 cells = [(t("throttling.rate_probe"), probe_total.iloc[0] if not probe_total.empty else None)]
 cells += [(t("throttling.rate_real", source=row.source), row) for row in real_total.itertuples(index=False)]
 columns = st.columns(max(len(cells) + 1, 3))
@@ -52,7 +45,7 @@ columns[len(cells)].metric(t("throttling.retry_after_max"), fmt.seconds(retry_ma
 
 def section(traffic: str) -> None:
     """The 429 rate over time and the outcome / code breakdown of ``traffic`` (probe or real)."""
-    rates = rates_read.result()
+    rates = data.throttle(v.url, v.filters, traffic, granularity, ("provider", "model"), v.zone_name)
     st.markdown(f"**{t('throttling.over_time')}**")
     if rates.empty:
         st.info(t("common.no_data_range"))
@@ -86,7 +79,7 @@ def section(traffic: str) -> None:
         )
 
     st.markdown(f"**{t('throttling.breakdown')}**")
-    parts = parts_read.result()
+    parts = data.breakdown(v.url, v.filters, traffic, v.zone_name)
     if parts.empty:
         st.info(t("common.no_data_range"))
         return
@@ -148,7 +141,7 @@ traffic = ui.choice(
 if traffic == "probe":
     section("probe")
     st.markdown(f"**{t('throttling.retry_after')}**")
-    retry = retry_read.result()
+    retry = data.throttle(v.url, v.filters, "probe", None, ("provider", "model"), v.zone_name)
     if retry.empty or retry["retry_after_max_s"].isna().all():
         st.caption(t("throttling.no_retry_after"))
     else:
