@@ -314,12 +314,28 @@ def _nothing() -> None:
 
 
 def _store(
-    engine: Engine, prepared: Mapping[_InsertPlan, Sequence[Params]], on_sent: Callable[[], None] = _nothing
+    engine: Engine,
+    prepared: Mapping[_InsertPlan, Sequence[Params]],
+    on_sent: Callable[[], None] = _nothing,
+    *,
+    lock_wait_ms: int | None = None,
 ) -> None:
-    """Store prepared rows of every table in one transaction (``on_sent`` as for ``_insert``)."""
+    """Store prepared rows of every table in one transaction (``on_sent`` as for ``_insert``).
+
+    ``lock_wait_ms`` shortens how long SQLite waits for another writer's lock in this transaction (the
+    connection's own busy timeout is put back afterwards); other databases ignore it.
+    """
     with engine.begin() as conn:
-        for plan, params in prepared.items():
-            _insert(conn, plan, params, on_sent)
+        restore: int | None = None
+        if lock_wait_ms is not None and conn.dialect.name == "sqlite":
+            restore = int(conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one())
+            conn.exec_driver_sql(f"PRAGMA busy_timeout={int(lock_wait_ms)}")
+        try:
+            for plan, params in prepared.items():
+                _insert(conn, plan, params, on_sent)
+        finally:
+            if restore is not None:  # a connection-level setting, outside the transaction: safe after a failure
+                conn.exec_driver_sql(f"PRAGMA busy_timeout={restore}")
 
 
 def insert_rows(engine: Engine, table: Table, rows: Sequence[Mapping[str, Any]]) -> None:
@@ -351,6 +367,9 @@ def write_events(engine: Engine, events: Sequence[Event]) -> None:
 
 
 _GATHER_S = 0.02
+_REPLAY_LOCK_WAIT_MS = 250
+"""How long a retried replay waits for another writer's SQLite lock before giving up until the next try (see
+``_try_replay``)."""
 """How long the writer thread sleeps between looks at the queue while a batch is open (see ``_run``)."""
 
 
@@ -449,6 +468,7 @@ class EventWriter:
         self.spooled = 0
         self.replayed = 0
         self._next_replay = 0.0
+        self._replay_lock_wait_ms: int | None = None
         # Run before the first write or replay (migrations deferred while the database was away); raises
         # while the database is still unreachable, which counts as the database being away.
         self._prepare_step = prepare
@@ -713,6 +733,10 @@ class EventWriter:
             return True
         if not force and time.monotonic() < self._next_replay:
             return False
+        # A retry after a failure asks the database briefly: while another writer holds SQLite's lock, waiting the
+        # full busy timeout on each retry would keep the database thread away from new batches, which then wait in
+        # memory instead of reaching the spool. A forced replay (at start and close) waits the full timeout.
+        self._replay_lock_wait_ms = None if force else _REPLAY_LOCK_WAIT_MS
         try:
             n = self.spool.replay(self._replay_rows, batch_size=self.batch_size)
         except Exception as exc:
@@ -730,7 +754,7 @@ class EventWriter:
         plan = _plan(self.engine, Base.metadata.tables[table])
         params = [plan.params(r) for r in rows]
         try:
-            _store(self.engine, {plan: params})
+            _store(self.engine, {plan: params}, lock_wait_ms=self._replay_lock_wait_ms)
         except (DataError, IntegrityError):
             self._store_or_reject(plan, params, retry=False)
         with self._counts_lock:

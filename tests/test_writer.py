@@ -182,6 +182,41 @@ def test_a_locked_sqlite_database_delays_but_loses_nothing(sqlite_database, tmp_
     check.dispose()
 
 
+def test_spooled_while_sqlite_is_locked_then_every_event_stored_with_the_busy_timeout_intact(sqlite_database, tmp_path):
+    """Replays retried while another writer holds the lock ask SQLite only briefly; afterwards the connections
+    wait their configured busy timeout again, and every event, spooled or not, is stored once."""
+    from monitor.spool import Spool
+    from monitor.store import make_engine, upgrade
+
+    upgrade(sqlite_database)
+    engine = make_engine(sqlite_database, sqlite_busy_timeout_ms=400)
+    spool = Spool(tmp_path / "events.spool")
+    locker = sqlite3.connect(str(tmp_path / "monitor.db"), timeout=0)
+    locker.execute("BEGIN EXCLUSIVE")
+    try:
+        with EventWriter(
+            engine, batch_size=5, flush_interval_s=0.05, retry_backoff_s=(0.05, 0.2), spool=spool
+        ) as writer:
+            for i in range(10):
+                writer.submit(_usage_event(i))
+            assert _wait_for(lambda: writer.spooled >= 10)
+            for i in range(10, 40):  # later batches retry the replay (the spool is not empty) and spool again
+                writer.submit(_usage_event(i))
+                time.sleep(0.01)
+            assert _wait_for(lambda: writer.spooled >= 40)
+            assert writer.failed_writes >= 2
+            locker.rollback()
+        assert writer.written == 40 and writer.replayed >= 10  # closing replays what is still spooled
+        with engine.connect() as conn:
+            assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 400
+    finally:
+        locker.close()
+        engine.dispose()
+    check = make_engine(sqlite_database)
+    assert _count(check) == 40
+    check.dispose()
+
+
 def test_an_event_twice_in_one_batch_is_stored_once(engine):
     first, second = _usage_event(1), _usage_event(2)
     write_events(engine, [first, second, first, first])
