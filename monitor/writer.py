@@ -367,10 +367,10 @@ def write_events(engine: Engine, events: Sequence[Event]) -> None:
 
 
 _GATHER_S = 0.02
+"""How long the writer thread sleeps between looks at the queue while a batch is open (see ``_run``)."""
 _REPLAY_LOCK_WAIT_MS = 250
 """How long a retried replay waits for another writer's SQLite lock before giving up until the next try (see
 ``_try_replay``)."""
-"""How long the writer thread sleeps between looks at the queue while a batch is open (see ``_run``)."""
 
 
 class _NoDatabase(Exception):
