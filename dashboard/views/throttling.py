@@ -22,7 +22,6 @@ gran_choice = ui.choice(
 granularity = ui.granularity(v, gran_choice)
 
 TRAFFIC = ("probe", "real")
-traffic = ui.current("thr_traffic", TRAFFIC)  # its radio is drawn below the headline figures
 
 # --- headline figures over the whole range
 probe_total = data.throttle(v.url, v.filters, "probe", None, (), v.zone_name)
