@@ -348,16 +348,10 @@ def pick_series(names: Sequence[str], caption: str) -> list[str]:
     return list(picked)
 
 
-def current(key: str, options: Sequence[Any]) -> Any:
-    """The value the ``choice`` radio of ``key`` has (default: the first option), before it is drawn."""
-    if st.session_state.get(key) not in options:
-        st.session_state[key] = options[0]
-    return st.session_state[key]
-
-
 def choice(label_key: str, options: Sequence[Any], key: str, *, labels: dict[Any, str] | None = None) -> Any:
     """A horizontal radio whose value is kept across pages (default: the first option)."""
-    current(key, options)
+    if st.session_state.get(key) not in options:
+        st.session_state[key] = options[0]
     return st.radio(
         t(label_key),
         options,
