@@ -25,6 +25,7 @@ import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -468,7 +469,6 @@ class EventWriter:
         self.spooled = 0
         self.replayed = 0
         self._next_replay = 0.0
-        self._replay_lock_wait_ms: int | None = None
         # Run before the first write or replay (migrations deferred while the database was away); raises
         # while the database is still unreachable, which counts as the database being away.
         self._prepare_step = prepare
@@ -736,9 +736,9 @@ class EventWriter:
         # A retry after a failure asks the database briefly: while another writer holds SQLite's lock, waiting the
         # full busy timeout on each retry would keep the database thread away from new batches, which then wait in
         # memory instead of reaching the spool. A forced replay (at start and close) waits the full timeout.
-        self._replay_lock_wait_ms = None if force else _REPLAY_LOCK_WAIT_MS
+        write = partial(self._replay_rows, lock_wait_ms=None if force else _REPLAY_LOCK_WAIT_MS)
         try:
-            n = self.spool.replay(self._replay_rows, batch_size=self.batch_size)
+            n = self.spool.replay(write, batch_size=self.batch_size)
         except Exception as exc:
             with self._counts_lock:
                 self.failed_writes += 1
@@ -749,12 +749,12 @@ class EventWriter:
             log.info("replayed %d spooled events into the database", n)
         return True
 
-    def _replay_rows(self, table: str, rows: list[dict[str, Any]]) -> None:
+    def _replay_rows(self, table: str, rows: list[dict[str, Any]], *, lock_wait_ms: int | None) -> None:
         self._ready()
         plan = _plan(self.engine, Base.metadata.tables[table])
         params = [plan.params(r) for r in rows]
         try:
-            _store(self.engine, {plan: params}, lock_wait_ms=self._replay_lock_wait_ms)
+            _store(self.engine, {plan: params}, lock_wait_ms=lock_wait_ms)
         except (DataError, IntegrityError):
             self._store_or_reject(plan, params, retry=False)
         with self._counts_lock:
