@@ -187,13 +187,25 @@ class Tabs:
 
 
 # Installed in every document before its own scripts: notes (epoch ms) the first frame in which each watched
-# selector matches. Playwright's waits poll (0, 20, 50, 100, 100, then every 500 ms), so the moment a wait
-# returns can be up to 0.5 s after the element was drawn; the page's own note is exact.
+# selector matches, and the frame after the page's latest change. Playwright's waits poll (0, 20, 50, 100, 100,
+# then every 500 ms), so the moment a wait returns can be up to 0.5 s after the element was drawn; the page's own
+# notes are exact.
 WATCH_SCRIPT = """
 (() => {
   const seen = (window.__glmSeen = {});
   const watched = %s;
-  const check = () => {
+  window.__glmLast = 0;
+  // What a canvas holds is never drawn (the data grid keeps an accessible copy of its cells there).
+  const drawn = (m) => {
+    const e = m.target.nodeType === 1 ? m.target : m.target.parentElement;
+    if (!e) return true;
+    if (m.type === "childList" && e.tagName === "CANVAS") return false;
+    return !(e.parentElement && e.parentElement.closest("canvas"));
+  };
+  const check = (records) => {
+    if (records.some(drawn)) {
+      requestAnimationFrame(() => { window.__glmLast = performance.timeOrigin + performance.now(); });
+    }
     for (const selector of watched) {
       if (!(selector in seen) && document.querySelector(selector)) {
         seen[selector] = null;
@@ -204,18 +216,23 @@ WATCH_SCRIPT = """
   new MutationObserver(check).observe(document, { childList: true, subtree: true, attributes: true });
 })();
 """
+QUIET_MS = 1000
+"""A page is drawn once its footer and main content are there and nothing has changed for this long: Streamlit
+loads an element kind's code on first use and Vega draws after the element mounts, so tables and charts can
+appear after the footer; the load ends at the last change."""
 
 
 def watch(context: object) -> None:
-    """Make every page of ``context`` note when the footer and each page's main content are first drawn."""
+    """Make every page of ``context`` note when the footer and each page's main content are first drawn, and
+    when it last changed."""
     selectors = [FOOTER, *sorted(set(CONTENT.values()))]
     context.add_init_script(WATCH_SCRIPT % json.dumps(selectors))
 
 
 def load(tabs: Tabs, url: str, content: str | None = None, *, timeout_s: float = 120) -> tuple[float, float]:
-    """(seconds from navigation, in a new document and so a new Streamlit session, until the page footer and its
-    ``content`` are drawn, as the page notes it (``WATCH_SCRIPT``); seconds the server spent on the run, as the
-    footer reports it)."""
+    """(seconds from navigation, in a new document and so a new Streamlit session, until the page is drawn: its
+    footer and ``content`` are there and the last change before ``QUIET_MS`` of quiet is drawn, as the page notes
+    it (``WATCH_SCRIPT``); seconds the server spent on the run, as the footer reports it)."""
     page = tabs.open()
     try:
         wanted = [FOOTER, content] if content else [FOOTER]
@@ -224,7 +241,12 @@ def load(tabs: Tabs, url: str, content: str | None = None, *, timeout_s: float =
         page.wait_for_function(
             "wanted => wanted.every(s => window.__glmSeen && window.__glmSeen[s])", arg=wanted, timeout=timeout_s * 1000
         )
-        drawn_ms = page.evaluate("wanted => Math.max(...wanted.map(s => window.__glmSeen[s]))", wanted)
+        page.wait_for_function(
+            "quiet => performance.timeOrigin + performance.now() - window.__glmLast >= quiet",
+            arg=QUIET_MS,
+            timeout=timeout_s * 1000,
+        )
+        drawn_ms = page.evaluate("() => window.__glmLast")
         took = drawn_ms / 1000 - started
         found = SERVER_TIME.search(page.inner_text(FOOTER))
         return took, float(found.group(1)) if found else float("nan")
