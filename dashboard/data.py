@@ -13,7 +13,7 @@ GIL, so every section waited for all of them — bench/dashboard.py, BENCHMARKS.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
@@ -33,7 +33,6 @@ from monitor.redact import redact
 from monitor.store import describe_url, make_engine, normalise_url, table_names
 
 TTL_S = 45
-ALL_TIME = datetime(2000, 1, 1, tzinfo=UTC)
 ROLLUP_TABLES = ("rollup_probe_hourly", "rollup_usage_hourly", "rollup_outcome_hourly")
 PROBE_LIMIT = analytics.PROBE_LIMIT
 
@@ -62,16 +61,6 @@ class DbStatus:
     kind: Literal["ok", "empty", "missing", "error"]
     url: str  # password hidden
     detail: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Dimensions:
-    """Every provider, model, vantage and app that has figures, for the filter lists."""
-
-    providers: tuple[str, ...]
-    models: tuple[str, ...]
-    vantages: tuple[str, ...]
-    apps: tuple[str, ...]
 
 
 def error_text(exc: BaseException, url: str) -> str:
@@ -107,30 +96,9 @@ def status(url: str) -> DbStatus:
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)
-def dimensions(url: str) -> Dimensions:
-    """Providers, models, vantages (probes and real traffic) and apps (real traffic) ever rolled up."""
-    everything = Filters(ALL_TIME, datetime.now(UTC) + timedelta(days=366))
-    db = engine(url)
-    probes = analytics.throttle_rates(
-        db, everything, traffic="probe", granularity=None, by=("provider", "model", "vantage")
-    )
-    real = analytics.throttle_rates(
-        db, everything, traffic="real", granularity=None, by=("provider", "model", "vantage", "app")
-    )
-
-    def values(column: str, *frames: pd.DataFrame) -> tuple[str, ...]:
-        found: set[str] = set()
-        for frame in frames:
-            if column in frame:
-                found.update(str(v) for v in frame[column].dropna())
-        return tuple(sorted(v for v in found if v))
-
-    return Dimensions(
-        providers=values("provider", probes, real),
-        models=values("model", probes, real),
-        vantages=values("vantage", probes, real),
-        apps=values("app", real),
-    )
+def dimensions(url: str) -> analytics.Dimensions:
+    """``analytics.dimensions``: providers, models, vantages and apps ever rolled up, for the filter lists."""
+    return analytics.dimensions(engine(url))
 
 
 @st.cache_data(ttl=TTL_S, show_spinner=False)

@@ -23,6 +23,7 @@ from monitor.analytics import (
     compare_providers,
     cost_columns,
     costs,
+    dimensions,
     health,
     latency_percentiles,
     latency_profile,
@@ -669,6 +670,44 @@ def test_every_function_answers_on_an_empty_database(engine):
     forecast = spend_forecast(engine, now=now)
     assert not forecast.has_data
     assert forecast.month_to_date == forecast.forecast == 0
+
+
+def test_filter_lists_name_every_target_and_app_from_the_days_or_the_hours(engine):
+    now = datetime(2026, 11, 20, 6, 0, tzinfo=UTC)
+    old = now - timedelta(days=60)
+    probe = partial(ProbeResult, outcome=Outcome.OK, http_status=200, ttft_ms=300.0)
+    real = partial(UsageEvent, outcome=Outcome.OK, http_status=200)
+    write_events(
+        engine,
+        [
+            probe(ts=old, provider="zai", model="glm-4.7", vantage="tokyo"),
+            probe(ts=now - timedelta(hours=2), provider="openrouter", model="z-ai/glm-4.7", vantage="frankfurt"),
+            real(ts=old, source="transport", provider="bigmodel", model="glm-4.6", vantage="tokyo", app="coder"),
+            real(ts=now - timedelta(hours=1), source="proxy", provider="zai", model="glm-4.7", vantage="osaka"),
+            # What the probes record in the usage table too: no app, and nothing a filter list lacks.
+            real(ts=now - timedelta(hours=1), source="probe", provider="dashscope", model="glm-4.5", vantage="x"),
+        ],
+    )
+    expected = {
+        "providers": ("bigmodel", "openrouter", "zai"),
+        "models": ("glm-4.6", "glm-4.7", "z-ai/glm-4.7"),
+        "vantages": ("frankfurt", "osaka", "tokyo"),
+        "apps": ("coder",),
+    }
+
+    assert refresh_rollups(engine, now=now, day_zones=()).skipped is None  # no daily rollups: read the hours
+    found = dimensions(engine)
+    assert {name: getattr(found, name) for name in expected} == expected
+
+    refresh(engine, now)  # daily rollups kept: read the days, same lists
+    found = dimensions(engine)
+    assert {name: getattr(found, name) for name in expected} == expected
+
+
+def test_filter_lists_are_empty_on_an_empty_database(engine):
+    refresh(engine, datetime(2026, 11, 20, tzinfo=UTC))
+    found = dimensions(engine)
+    assert (found.providers, found.models, found.vantages, found.apps) == ((), (), (), ())
 
 
 def test_filters_refuse_naive_times_and_reversed_ranges():

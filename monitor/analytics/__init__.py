@@ -10,6 +10,7 @@ an empty frame with its columns (or a result saying there is no data); none rais
 - throttling: :func:`throttle_rates`, :func:`outcome_breakdown` (probes and real traffic apart)
 - side by side: :func:`compare_providers`
 - spend: :func:`costs`, :func:`spend_forecast`
+- the filter lists: :func:`dimensions`
 - now: :func:`health`; the latest single probes: :func:`latest_probes` (the one raw-table read, with a LIMIT)
 
 Time zones: rollups are UTC hours. Periods are shown in a zone (default ``Asia/Tokyo``); they align exactly with
@@ -31,6 +32,7 @@ from monitor.analytics.costs import (
     load_rate_book,
     spend_forecast,
 )
+from monitor.analytics.dimensions import Dimensions, dimensions
 from monitor.analytics.health import DOWN_BELOW_SUCCESS, THROTTLED_SHARE, HealthStatus, TargetHealth, health
 from monitor.analytics.latency import (
     LATENCY_COLUMNS,
@@ -64,6 +66,7 @@ __all__ = [
     "CostDim",
     "CostPeriod",
     "Db",
+    "Dimensions",
     "Filters",
     "Granularity",
     "HealthStatus",
@@ -75,6 +78,7 @@ __all__ = [
     "compare_providers",
     "cost_columns",
     "costs",
+    "dimensions",
     "health",
     "latency_percentiles",
     "latency_profile",
