@@ -162,8 +162,9 @@ class Tabs:
     does (every navigation is a new document, so a new Streamlit session); with ``new_tab`` a new tab per load.
 
     Headless Chromium 156 opens every new tab in a new window and starts that window's own interface renderer
-    (``--top-chrome-webui``: ~0.7 s of CPU per tab on this 2-core machine, beside the page's renderer and the
-    dashboard server); a reader's browser has that once, not per page view, so it is not the default here.
+    (``--top-chrome-webui``: ~0.7 s of script per tab in a trace, on this 2-core machine beside the page's
+    renderer and the dashboard server); a reader's browser has that once per window, not per page view, so it is
+    not the default here.
     """
 
     def __init__(self, context: object, *, new_tab: bool = False) -> None:
