@@ -60,6 +60,9 @@ KEPT = (
     "heat_target",
     "thr_gran",
     "thr_traffic",
+    "lat_series",
+    "thr_series_probe",
+    "thr_series_real",
     "probe_outcomes",
     "probe_errors_only",
 )
@@ -331,21 +334,42 @@ def ranked(values: pd.Series, *, highest_first: bool = True) -> list[str]:
     return list(order["name"])
 
 
-def pick_series(names: Sequence[str], caption: str) -> list[str]:
+def pick_series(names: Sequence[str], caption: str, key: str) -> list[str]:
     """The series to draw: every one when there are at most ``TOP_N``; else a multiselect of all of them, in the
-    order of ``names``, starting with the first ``TOP_N``, and ``caption`` (how those were chosen) under it."""
+    order of ``names``, and ``caption`` (how the first ones were chosen) under it.
+
+    Until the reader changes the pick it is the first ``TOP_N`` of ``names``, so it follows the ranking (another
+    figure, percentile or range); once changed, it is kept under ``key`` (listed in ``KEPT``) across pages and
+    rankings, less the series no longer offered. A pick of which nothing is offered any more starts again from
+    the ranking; one the reader emptied stays empty.
+    """
     if len(names) <= TOP_N:
         return list(names)
+    touched = f"{key}_touched"
+    if st.session_state.get(touched):
+        before = list(st.session_state.get(key) or [])
+        kept = [n for n in before if n in names]
+        if before and not kept:
+            kept, st.session_state[touched] = list(names[:TOP_N]), False
+        st.session_state[key] = kept
+    else:
+        st.session_state[key] = list(names[:TOP_N])
     picked = st.multiselect(
         t("common.series_shown"),
         list(names),
-        default=list(names[:TOP_N]),
+        key=key,
         placeholder=t("common.pick_series"),
+        on_change=_touch,
+        args=(touched,),
     )
     st.caption(t("common.series_count", shown=len(picked), total=len(names)) + " " + caption)
     if not picked:
         st.info(t("common.no_series"))
     return list(picked)
+
+
+def _touch(flag: str) -> None:
+    st.session_state[flag] = True
 
 
 def choice(label_key: str, options: Sequence[Any], key: str, *, labels: dict[Any, str] | None = None) -> Any:

@@ -396,9 +396,14 @@ from monitor.dashboard_cmd import import_dashboard
 import_dashboard()
 from monitor.dashboard import ui
 
+ui.keep_state()
 st.session_state.setdefault("lang", "en")
 names = [f"series {i:02d}" for i in range({count})]
-st.session_state["picked"] = ui.pick_series(names, "The slowest first.")
+if st.session_state.get("reverse"):  # another figure ranks the series the other way round
+    names.reverse()
+names = [n for n in names if n not in st.session_state.get("gone", ())]  # other filters offer fewer
+if not st.session_state.get("elsewhere"):  # on another page the picker is not drawn
+    st.session_state["picked"] = ui.pick_series(names, "The slowest first.", "lat_series")
 """
 
 
@@ -419,6 +424,39 @@ def test_a_chart_draws_the_top_series_and_the_reader_picks_others():
     few = AppTest.from_string(PICKER.replace("{count}", str(ui.TOP_N)), default_timeout=60).run()
     assert not few.multiselect  # every series is drawn: nothing to pick
     assert few.session_state["picked"] == [f"series {i:02d}" for i in range(ui.TOP_N)]
+
+
+def test_the_series_pick_follows_the_ranking_until_changed_then_is_kept_across_pages():
+    at = AppTest.from_string(PICKER.replace("{count}", "12"), default_timeout=60).run()
+    at.session_state["reverse"] = True
+    at.run()
+    assert at.multiselect[0].value == [f"series {i:02d}" for i in range(11, 11 - ui.TOP_N, -1)]
+
+    at.multiselect[0].set_value(["series 03", "series 05"]).run()
+    at.session_state["elsewhere"] = True  # another page, then back
+    at.run()
+    assert not at.multiselect
+    at.session_state["elsewhere"] = False
+    at.run()
+    assert at.multiselect[0].value == ["series 03", "series 05"]
+    at.session_state["reverse"] = False  # another ranking keeps the reader's pick
+    at.run()
+    assert at.session_state["picked"] == ["series 03", "series 05"]
+
+    at.session_state["gone"] = ["series 05"]  # other filters: "series 05" is no longer offered
+    at.run()
+    assert at.session_state["picked"] == ["series 03"]
+    at.session_state["gone"] = []
+    at.run()
+    assert at.session_state["picked"] == ["series 03"]
+
+    at.multiselect[0].set_value(["series 10"]).run()
+    at.session_state["gone"] = ["series 10"]  # nothing picked is offered: back to the ranking, and following it
+    at.run()
+    assert at.session_state["picked"] == [f"series {i:02d}" for i in range(ui.TOP_N)]
+    at.session_state["reverse"] = True
+    at.run()
+    assert at.session_state["picked"] == ["series 11", *(f"series {i:02d}" for i in range(9, 9 - ui.TOP_N + 1, -1))]
 
 
 # ---------------------------------------------------------------------------------------------------------

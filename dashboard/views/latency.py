@@ -54,7 +54,7 @@ else:
     )
     # Slowest first: the highest mean of the percentile over the range (for output speed, the lowest).
     ranked = ui.ranked(chart.groupby("series")["value"].mean(), highest_first=not is_speed)
-    shown = ui.pick_series(ranked, t("latency.series_caption", n=ui.TOP_N, pct=pct))
+    shown = ui.pick_series(ranked, t("latency.series_caption", n=ui.TOP_N, pct=pct), "lat_series")
     if shown:
         ui.line_chart(
             chart[chart["series"].isin(shown)],

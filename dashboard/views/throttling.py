@@ -66,7 +66,7 @@ def section(traffic: str) -> None:
     # The highest 429 rate over the whole range first (429s / requests of the series, not a mean of rates).
     sums = chart.groupby("series")[["http_429", "requests"]].sum()
     ranked = ui.ranked(sums["http_429"] / sums["requests"].where(sums["requests"] > 0), highest_first=True)
-    shown = ui.pick_series(ranked, t("throttling.series_caption", n=ui.TOP_N))
+    shown = ui.pick_series(ranked, t("throttling.series_caption", n=ui.TOP_N), f"thr_series_{traffic}")
     drawn = chart[chart["series"].isin(shown)]
     if shown:
         ui.line_chart(
