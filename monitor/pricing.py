@@ -3,11 +3,13 @@
 Where prices come from, first match wins:
 
 1. the config's ``[[prices]]`` overrides (source ``config override``);
-2. the project's data file ``monitor/data/prices.toml`` (``glm-monitor data (...)``): free Flash models,
+2. for OpenRouter, what the response says the request was charged (``usage.cost``, USD; source
+   ``openrouter usage.cost``): exact for any model and upstream, free variants and BYOK included;
+3. the project's data file ``monitor/data/prices.toml`` (``glm-monitor data (...)``): free Flash models,
    BigModel CNY list prices tiered by request size, DashScope, per-image prices;
-3. Coding Plan providers (``zai-coding``, ``bigmodel-coding``): 0 in the plan's currency, source
+4. Coding Plan providers (``zai-coding``, ``bigmodel-coding``): 0 in the plan's currency, source
    ``subscription (Coding Plan)``: requests are covered by the plan, whose fee is tracked elsewhere;
-4. the genai-prices package (``genai-prices <version> (<its provider>)``) for ``zai``, ``openrouter`` and, in
+5. the genai-prices package (``genai-prices <version> (<its provider>)``) for ``zai``, ``openrouter`` and, in
    USD as genai-prices converts them, ``bigmodel`` models missing from the CNY list.
 
 Each rule has an ``effective_from`` day; a request pays the latest rule of the first source that has one in
@@ -54,6 +56,10 @@ _ZERO = Decimal(0)
 SUBSCRIPTION_SOURCE = "subscription (Coding Plan)"
 OVERRIDE_SOURCE = "config override"
 DATA_SOURCE = "glm-monitor data"
+REPORTED_SOURCE = "openrouter usage.cost"
+REPORTED_COST_PROVIDERS = frozenset({"openrouter"})
+"""Providers whose responses say what each request was charged (``Usage.reported_cost``, USD): that figure is
+the request's cost unless a config override prices the model."""
 
 # Our provider id -> genai-prices provider id. genai-prices' "zhipuai" is open.bigmodel.cn in USD (converted
 # from CNY by genai-prices); it is only reached for models the CNY list lacks.
@@ -294,6 +300,8 @@ class PriceCatalog:
         rule = self._overrides.in_force(provider, model, day)
         if rule is not None:
             return self._rule_quote(rule, counts, _rule_source(rule, OVERRIDE_SOURCE))
+        if usage.reported_cost is not None and provider in REPORTED_COST_PROVIDERS:
+            return PriceQuote(Cost(usage.reported_cost, "USD"), REPORTED_SOURCE, None, provider, model)
         rule = self._data.in_force(provider, model, day)
         if rule is not None:
             return self._rule_quote(rule, counts, _rule_source(rule, DATA_SOURCE))

@@ -12,7 +12,9 @@ text-generation protocol).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any, Final, Literal
 
 from monitor.sse import MAX_LINE_BYTES, LineSplitter
@@ -27,6 +29,10 @@ class Usage:
     ``input_tokens`` counts every prompt token, cached ones included (anthropic dialect: input + cache reads +
     cache writes). ``output_tokens`` includes reasoning tokens. ``complete`` is False when a stream ended
     before its usage or terminal event.
+
+    ``reported_cost`` is what the response itself says the request was charged, in USD (OpenRouter's
+    ``usage.cost``, in credits of one USD; with ``is_byok`` plus ``cost_details.upstream_inference_cost``, which
+    the upstream provider charged to the reader's own key), else None.
     """
 
     input_tokens: int | None = None
@@ -39,6 +45,7 @@ class Usage:
     finish_reason: str | None = None
     images: int | None = None
     complete: bool = True
+    reported_cost: Decimal | None = None
 
 
 MAX_BODY_BYTES: Final = 8 << 20
@@ -127,6 +134,7 @@ class UsageParser:
         "_pending",
         "_pending_size",
         "_reasoning",
+        "_reported_cost",
         "_result",
         "_rid",
         "_rid_id",
@@ -175,6 +183,7 @@ class UsageParser:
         self._rid_id: str | None = None
         self._finish_reason: str | None = None
         self._images: int | None = None
+        self._reported_cost: Decimal | None = None
         self._usage_seen = False
         self._delta_usage = False
         self._done = False
@@ -244,6 +253,7 @@ class UsageParser:
             finish_reason=self._finish_reason,
             images=self._images,
             complete=complete,
+            reported_cost=self._reported_cost,
         )
         return self._result
 
@@ -395,6 +405,12 @@ class UsageParser:
                 _count(prompt_details.get("cache_write_tokens")),
                 _count(output_details.get("reasoning_tokens")),
             )
+            cost = _amount(usage.get("cost"))
+            if cost is not None:
+                if usage.get("is_byok") is True:
+                    upstream = _amount(_first_dict(usage, "cost_details").get("upstream_inference_cost"))
+                    cost += upstream or 0
+                self._reported_cost = cost
         data = obj.get("data")
         if isinstance(data, list):
             images = sum(1 for item in data if isinstance(item, dict) and ("url" in item or "b64_json" in item))
@@ -555,6 +571,15 @@ def _count(value: Any) -> int | None:
     if isinstance(value, float) and value.is_integer() and value >= 0:
         return int(value)
     return None
+
+
+def _amount(value: Any) -> Decimal | None:
+    """An amount of money: a finite, non-negative JSON number as the exact ``Decimal`` of its shortest repr."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return Decimal(repr(value)) if value >= 0 else None
 
 
 def _text(value: Any) -> bool:

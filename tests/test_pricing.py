@@ -14,7 +14,7 @@ from monitor.errors import PricingError
 from monitor.money import Cost
 from monitor.price_data import load_price_data, parse_price_data
 from monitor.pricing import PriceCatalog, PriceRule, price
-from monitor.usage import Usage
+from monitor.usage import Usage, parse_response
 from tests.casefiles import load_cases
 
 NOV_2026 = datetime(2026, 11, 20, 12, 0, tzinfo=UTC)
@@ -88,6 +88,45 @@ def test_recorded_openrouter_free_variant_costs_zero_like_its_usage_cost(catalog
     assert quote is not None
     assert quote.cost == Cost(Decimal(0), "USD")
     assert quote.source.startswith("glm-monitor data")
+
+
+def test_openrouter_requests_cost_what_the_response_says_they_were_charged(catalog: PriceCatalog) -> None:
+    case = next(c for c in load_cases() if c.name == "openrouter_stream_usage_last_chunk")
+    usage = parse_response(case.dialect, case.response.body, stream=case.stream)  # type: ignore[arg-type]
+
+    # A model no price list knows: its cost is still exact, as OpenRouter charged it.
+    quote = catalog.quote("openrouter", "deepseek/deepseek-v4.1-flash", usage, NOV_2026)
+
+    assert quote is not None
+    assert quote.cost == Cost(Decimal("0.000007765"), "USD")
+    assert quote.source == "openrouter usage.cost"
+    # A GLM model the lists do know is priced by what OpenRouter charged too, not by its list price.
+    listed = Usage(input_tokens=1_000_000, output_tokens=0, reported_cost=Decimal("0.42"))
+    assert catalog.price("openrouter", "z-ai/glm-4.7", listed, NOV_2026) == Cost(Decimal("0.42"), "USD")
+    assert catalog.price("openrouter", "z-ai/glm-4.7", Usage(input_tokens=1_000_000, output_tokens=0), NOV_2026) == (
+        Cost(Decimal("0.6"), "USD")
+    )
+
+
+def test_a_config_override_still_wins_and_other_providers_ignore_a_reported_cost() -> None:
+    override = rule(
+        provider="openrouter",
+        model="z-ai/glm-4.7",
+        currency="USD",
+        effective_from="2026-01-01",
+        input_per_mtok="0.5",
+        output_per_mtok="1",
+    )
+    catalog = PriceCatalog([override])
+    usage = Usage(input_tokens=1_000_000, output_tokens=0, reported_cost=Decimal("0.42"))
+
+    quote = catalog.quote("openrouter", "z-ai/glm-4.7", usage, NOV_2026)
+    assert quote is not None
+    assert (quote.cost, quote.source) == (Cost(Decimal("0.5"), "USD"), "config override")
+    zai = catalog.quote("zai", "glm-4.7", usage, NOV_2026)
+    assert zai is not None
+    assert zai.cost == Cost(Decimal("0.6"), "USD")
+    assert zai.source != "openrouter usage.cost"
 
 
 # -- effective-from timelines ----------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import anthropic
@@ -332,6 +333,25 @@ def test_fixture_streams_are_byte_identical(engine: Engine, case: Any, include_u
         assert row.model == (expect["model"] or case.request_model)
         assert row.complete is expect.get("complete", True)
         assert row.stream is True
+        charged = _charged(full)
+        if case.provider == "openrouter" and charged is not None:
+            # Recorded at what OpenRouter says it charged, whatever model it was.
+            assert (row.cost_amount, row.cost_currency, row.price_source) == (
+                charged,
+                "USD",
+                "openrouter usage.cost",
+            )
+
+
+def _charged(stream: bytes) -> Decimal | None:
+    """The last ``usage.cost`` of an SSE body, read plainly (every ``data:`` line that is JSON)."""
+    cost = None
+    for line in stream.splitlines():
+        if line.startswith(b"data:") and line[5:].strip() not in (b"", b"[DONE]"):
+            usage = json.loads(line[5:]).get("usage")
+            if isinstance(usage, dict) and "cost" in usage:
+                cost = Decimal(str(usage["cost"]))
+    return cost
 
 
 def test_compressed_body_is_forwarded_compressed_and_recorded_decoded(engine: Engine) -> None:

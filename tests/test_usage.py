@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import tracemalloc
 from collections.abc import Iterator
+from decimal import Decimal
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -318,6 +319,38 @@ def test_bad_count_values_are_none() -> None:
     usage = parse_response("openai", body.encode(), stream=False)
     assert (usage.input_tokens, usage.output_tokens, usage.cached_input_tokens) == (None, None, None)
     assert usage.reasoning_tokens == 2
+
+
+def test_openrouter_reported_cost_from_the_recorded_responses() -> None:
+    by_name = {case.name: case for case in CASES}
+
+    def cost(name: str) -> Decimal | None:
+        case = by_name[name]
+        return parse_response(case.dialect, case.response.body, stream=case.stream).reported_cost  # type: ignore[arg-type]
+
+    assert cost("openrouter_nonstream_glm_cached_cost") == Decimal(0)  # a free variant: "cost":0
+    assert cost("openrouter_stream_usage_last_chunk") == Decimal("0.000007765")
+    assert cost("zai_nonstream_cached_reasoning") is None  # providers that do not report a cost
+
+
+def test_reported_cost_with_byok_adds_what_the_upstream_charged() -> None:
+    usage = {"prompt_tokens": 10, "completion_tokens": 2, "cost": 0.00001, "is_byok": True}
+    details = {"upstream_inference_cost": 0.0002}
+    byok = json.dumps({"choices": [], "usage": {**usage, "cost_details": details}}).encode()
+    assert parse_response("openai", byok, stream=False).reported_cost == Decimal("0.00021")
+    credits = json.dumps({"choices": [], "usage": {**usage, "is_byok": False, "cost_details": details}}).encode()
+    assert parse_response("openai", credits, stream=False).reported_cost == Decimal("0.00001")
+
+
+@pytest.mark.parametrize("value", ["0.1", -0.5, True, None, [1], {"usd": 1}])
+def test_a_reported_cost_that_is_not_a_non_negative_number_is_none(value: object) -> None:
+    body = json.dumps({"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "cost": value}})
+    assert parse_response("openai", body.encode(), stream=False).reported_cost is None
+
+
+def test_a_non_finite_reported_cost_is_none() -> None:
+    body = b'{"choices": [], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "cost": NaN}}'
+    assert parse_response("openai", body, stream=False).reported_cost is None
 
 
 @pytest.mark.parametrize("dialect", DIALECTS)
