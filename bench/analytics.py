@@ -52,6 +52,7 @@ from monitor.analytics import (
     PeakWindow,
     compare_providers,
     costs,
+    dimensions,
     health,
     latency_percentiles,
     latency_profile,
@@ -449,25 +450,7 @@ def ranged(label: str, f: Filters, gran: Granularity) -> list[tuple[str, str, Ca
 def calls(now: datetime, settings: Settings) -> list[tuple[str, str, Call, bool]]:
     """(name, range, fn(db), reads rollups only) for each call the dashboard makes, with its usual arguments."""
     out: list[tuple[str, str, Call, bool]] = []
-    ever = Filters(datetime(2000, 1, 1, tzinfo=UTC), now + timedelta(days=366))
-    out.append(
-        (
-            "dimensions: throttle_rates probe",
-            "all",
-            lambda db: throttle_rates(db, ever, traffic="probe", granularity=None, by=("provider", "model", "vantage")),
-            True,
-        )
-    )
-    out.append(
-        (
-            "dimensions: throttle_rates real",
-            "all",
-            lambda db: throttle_rates(
-                db, ever, traffic="real", granularity=None, by=("provider", "model", "vantage", "app")
-            ),
-            True,
-        )
-    )
+    out.append(("dimensions (the filter lists)", "all", dimensions, True))
     out.append(("health", "1h", lambda db: health(db, now=now), True))
     out.append(("spend_forecast JPY", "month", lambda db: spend_forecast(db, now=now, currency="JPY"), True))
     out.append(("quota_statuses (4 plans)", "plans", lambda db: quota_statuses(db, settings, now=now), False))
