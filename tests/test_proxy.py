@@ -27,9 +27,11 @@ import openai
 import pytest
 from sqlalchemy import Engine, select
 from sqlalchemy.orm import Session
+from yarl import URL
 
 from monitor.capture.proxy import ProxyServer, UsageChunkFilter, ask_for_usage, build_app
 from monitor.capture.recorder import RecorderStats
+from monitor.capture.upstream import UpstreamClient
 from monitor.config import Settings, settings_from_dict
 from monitor.models import UsageEventRow
 from monitor.providers import Provider
@@ -37,6 +39,7 @@ from monitor.sim import ModelProfile, SimConfig, SimServer, estimate_prompt_toke
 from monitor.writer import EventWriter
 from tests.casefiles import load_cases, load_http
 from tests.fixture_server import run_fixture_server, without_usage_event
+from tests.forward_proxy import run_forward_proxy
 
 API_KEY = "sk-proxytest-0123456789abcdef"
 MODEL = "glm-4.7"
@@ -259,6 +262,78 @@ def test_unknown_route_lists_the_routes(rig: Rig) -> None:
     assert {"/zai", "/zai-coding", "/zai-anthropic", "/bigmodel", "/dashscope", "/openrouter"} <= set(body["routes"])
     assert body["routes"]["/zai-anthropic"]["dialect"] == "anthropic"
     assert rig.rows(0) == []
+
+
+# -- outgoing proxies ------------------------------------------------------------------------------------------
+
+PROXY_VARIABLES = ("http_proxy", "https_proxy", "all_proxy", "no_proxy")
+
+
+def _environment_proxy(monkeypatch: pytest.MonkeyPatch, http: str, no: str = "") -> None:
+    for name in PROXY_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.upper(), raising=False)
+    monkeypatch.setenv("HTTP_PROXY", http)
+    if no:
+        monkeypatch.setenv("NO_PROXY", no)
+
+
+def test_upstream_requests_go_through_the_environment_proxy(
+    engine: Engine, twins: tuple[SimServer, SimServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream = twins[1]
+    with run_forward_proxy() as forward:
+        # Credentials in the proxy URL go to the proxy as Proxy-Authorization, never upstream.
+        _environment_proxy(monkeypatch, forward.url.replace("http://", "http://corp:s3cret@"))
+        with proxy_rig(engine, upstream.base_url) as rig:
+            # The client itself talks to the recording proxy directly (its httpx would honour HTTP_PROXY too).
+            client = openai.OpenAI(
+                base_url=f"{rig.url}/zai", api_key=API_KEY, max_retries=0, http_client=httpx.Client(trust_env=False)
+            )
+            chunks = list(client.chat.completions.create(model=MODEL, messages=MESSAGES, stream=True))
+            (row,) = rig.rows(1)
+    (line,) = forward.seen  # the one upstream request, in absolute form, as a proxy receives it
+    assert line.startswith(f"POST {upstream.base_url}/") and line.endswith("/chat/completions")
+    assert [name.lower() for name, _ in forward.proxy_headers] == ["proxy-authorization"]
+    assert chunks and chunks[-1].choices[0].finish_reason == "stop"
+    assert (row.outcome, row.http_status) == ("ok", 200)
+    expect_tokens(row)
+
+
+def test_no_proxy_hosts_are_reached_directly(
+    engine: Engine, twins: tuple[SimServer, SimServer], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    upstream = twins[1]
+    with run_forward_proxy() as forward:
+        _environment_proxy(monkeypatch, forward.url, no="localhost,127.0.0.1")
+        with proxy_rig(engine, upstream.base_url) as rig:
+            client = openai.OpenAI(
+                base_url=f"{rig.url}/zai", api_key=API_KEY, max_retries=0, http_client=httpx.Client(trust_env=False)
+            )
+            client.chat.completions.create(model=MODEL, messages=MESSAGES)
+            (row,) = rig.rows(1)
+    assert forward.seen == []
+    assert row.outcome == "ok"
+
+
+@pytest.mark.parametrize(
+    ("url", "no_proxy", "expected"),
+    [
+        ("https://api.z.ai/api/paas/v4", "", "https-proxy"),
+        ("http://vllm.lan:8000/v1", "", "http-proxy"),
+        ("https://api.z.ai/api/paas/v4", "z.ai", None),
+        ("https://api.z.ai/api/paas/v4", ".z.ai", None),
+        ("https://api.z.ai/api/paas/v4", "bigmodel.cn, api.z.ai:443", None),
+        ("https://api.z.ai/api/paas/v4", "api.z.ai:8443", "https-proxy"),
+        ("https://api.z.ai/api/paas/v4", "xz.ai", "https-proxy"),
+        ("https://openrouter.ai/api/v1", "*", None),
+    ],
+)
+def test_which_upstreams_use_a_proxy(url: str, no_proxy: str, expected: str | None) -> None:
+    client = UpstreamClient(proxies={"https": "https-proxy", "http": "http-proxy", "no": no_proxy})
+    assert client.proxy_for(URL(url)) == expected
+    assert UpstreamClient(proxies={"all": "socks-or-any"}).proxy_for(URL(url)) == "socks-or-any"
+    assert UpstreamClient(proxies={}).proxy_for(URL(url)) is None
 
 
 # -- byte-identical streams from the recorded fixtures ---------------------------------------------------------

@@ -403,6 +403,7 @@ class ProxyApp:
                     data=request.body or None,
                     allow_redirects=False,
                     timeout=self.timeout,
+                    proxy=self.upstream.proxy_for(request.url),
                 )
             except _UPSTREAM_ERRORS as exc:
                 watch.finished = True

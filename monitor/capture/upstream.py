@@ -18,12 +18,14 @@ from __future__ import annotations
 import asyncio
 import importlib
 import ssl
+import urllib.request
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import aiohttp
 import certifi
+from yarl import URL
 
 HOP_BY_HOP = frozenset(
     {
@@ -89,8 +91,13 @@ class UpstreamClient:
 
     The session is made on first use inside the serving loop and closed by ``aclose`` (the proxy's lifespan
     shutdown). It never decompresses (the client gets the bytes as sent), keeps no cookies (one client's cookies
-    must not reach another), adds no ``User-Agent``, ``Accept`` or ``Accept-Encoding`` of its own, ignores proxy
-    environment variables and follows no redirects: each request goes out as the client made it.
+    must not reach another), adds no ``User-Agent``, ``Accept`` or ``Accept-Encoding`` of its own and follows no
+    redirects: each request goes out as the client made it.
+
+    Outgoing proxies: ``proxies`` maps a scheme to a proxy URL, with ``no`` the hosts to reach directly, as
+    ``urllib.request.getproxies()`` gives them; by default that is the environment's ``HTTPS_PROXY`` /
+    ``HTTP_PROXY`` / ``ALL_PROXY`` / ``NO_PROXY`` at start (what the SDKs and the prober's httpx honour too).
+    ``proxy_for`` decides once per upstream origin.
     """
 
     def __init__(
@@ -100,11 +107,25 @@ class UpstreamClient:
         # Under the 5 s idle timeout of uvicorn-based upstreams (vLLM, SGLang) and of the SDKs' own httpx
         # clients, so a connection is never reused just as the upstream closes it.
         keepalive_expiry: float = 4.0,
+        proxies: Mapping[str, str] | None = None,
     ) -> None:
         self.ssl_context = ssl_context or shared_ssl_context()
         self.keepalive_expiry = keepalive_expiry
+        self.proxies = dict(urllib.request.getproxies() if proxies is None else proxies)
+        self._proxy_of: dict[tuple[str, str, int | None], str | None] = {}
         self._session: aiohttp.ClientSession | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+
+    def proxy_for(self, url: URL) -> str | None:
+        """The proxy to reach ``url`` through (its scheme's, else ``all``), or None: none set, or the host is
+        listed in ``no`` (``NO_PROXY``: names, domain suffixes, ``*``)."""
+        origin = (url.scheme, (url.host or "").lower(), url.port)
+        if origin not in self._proxy_of:
+            proxy = self.proxies.get(url.scheme) or self.proxies.get("all")
+            if proxy and _bypassed(origin[1], url.port, self.proxies.get("no", "")):
+                proxy = None
+            self._proxy_of[origin] = proxy or None
+        return self._proxy_of[origin]
 
     def session(self) -> aiohttp.ClientSession:
         """The session of the running loop (made on first use; a new one if the loop changed)."""
@@ -133,6 +154,23 @@ class UpstreamClient:
         session, self._session, self._loop = self._session, None, None
         if session is not None and not session.closed:
             await session.close()
+
+
+def _bypassed(host: str, port: int | None, no_proxy: str) -> bool:
+    """Whether ``NO_PROXY`` (comma-separated; ``*`` for every host) lists ``host``: the name itself, a domain it is
+    under (``example.com`` and ``.example.com`` both cover ``api.example.com``), or either with ``:port``."""
+    for entry in (e.strip().lower() for e in no_proxy.split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        name, _, wanted_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if wanted_port and wanted_port != str(port):
+            continue
+        name = name.lstrip(".")
+        if host == name or host.endswith("." + name):
+            return True
+    return False
 
 
 SKIP_AUTO_HEADERS = ("User-Agent", "Accept", "Accept-Encoding", "Content-Type")
