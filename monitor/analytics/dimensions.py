@@ -41,7 +41,7 @@ def _distinct(conn: Connection, table: Table, columns: tuple[str, ...], zone: st
 
 
 def dimensions(db: Db) -> Dimensions:
-    """The providers, models, vantages and apps of every probe and real request ever rolled up (not pruned)."""
+    """The providers, models, vantages and apps of every probe and real (transport or proxy) request rolled up."""
     with connect(db) as conn:
         kept = kept_zones(conn)
         zone = kept[0] if kept else None
