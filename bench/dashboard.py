@@ -3,8 +3,9 @@
 Timing (default): for each page, fresh dashboard processes (empty data caches) are started with the launcher
 and headless Chromium (Debian's /usr/bin/chromium, no browser download) navigates its open tab to the page, a new
 document and so a new Streamlit session (``--new-tab``: a new tab per load, see ``Tabs``); "cold" is the time
-from navigation until the page's last element (its footer) is drawn, median of ``--cold-runs`` fresh processes
-(the slowest is shown too).
+from navigation until the page is drawn (its footer and main content are there, and its last change before a
+second of quiet, as the page itself notes it: see ``load``), median of ``--cold-runs`` fresh processes (the
+slowest is shown too).
 "warm" is the same page opened again in the same process (figures cached), median of ``--runs``.
 The browser keeps Streamlit's scripts cached (as a returning reader's does); a one-line Streamlit app measured
 the same way gives the floor. Goal: cold <= 2 s.
@@ -374,7 +375,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print(
                 f"headless Chromium, browser cache warm, {'a new tab' if args.new_tab else 'one tab'} per load: "
-                "navigation -> page footer drawn; "
+                "navigation -> the page's last drawn change; "
                 "cold = first view after a fresh server start (empty data caches)"
             )
             bench(
