@@ -110,11 +110,19 @@ def _run_daemon(
 
 
 def _writer_for(settings: Settings, engine: Engine, prepare: Callable[[], None] | None) -> EventWriter:
-    """The started writer of ``[database]`` (its spool and queue bound), running ``prepare`` before it writes."""
+    """The started writer of ``[database]`` (its journal and queue bound), running ``prepare`` before it writes."""
     from monitor.writer import open_writer
 
     db = settings.database
-    return open_writer(engine, db.url, spool_path=db.spool_path, max_queue=db.max_queue, prepare=prepare)
+    return open_writer(
+        engine,
+        db.url,
+        journal_dir=db.journal_dir,
+        spool_path=db.spool_path,
+        max_queue=db.max_queue,
+        fsync_interval_s=db.fsync_interval,
+        prepare=prepare,
+    )
 
 
 def _start_dashboard(settings: Settings) -> subprocess.Popen[bytes] | None:
@@ -290,8 +298,8 @@ def cmd_proxy(args: argparse.Namespace) -> int:
             console.print(f"  http://{host}:{port}/{ep.route}/... -> {ep.base_url}/...", highlight=False)
     writer = _writer_for(settings, engine, prepare)
     if prepare is not None:
-        err_console.print("the database is unreachable: recording to the spool until it is back (then migrating it)")
-    console.print(f"spool (used while the database is away): {writer.spool.path if writer.spool else '-'}")
+        err_console.print("the database is unreachable: recording to the journal until it is back (then migrating it)")
+    console.print(f"journal: {writer.journal.directory if writer.journal else '-'}", highlight=False)
     try:
         serve(settings, writer, host, port)
     finally:

@@ -74,11 +74,13 @@ class _Section(BaseModel):
 
 
 class DatabaseSettings(_Section):
-    """Where measurements are stored, for how long raw rows are kept, and where they wait when it is away."""
+    """Where measurements are stored, for how long raw rows are kept, and the journal they pass through."""
 
     url: str = "sqlite:///./glm-monitor.db"
     retention_days: int = Field(90, ge=1)
-    spool_path: str | None = None
+    journal_dir: str | None = None
+    fsync_interval: Duration = Field(1.0, gt=0, le=60)
+    spool_path: str | None = None  # where versions before the journal spooled; a file left there is replayed
     max_queue: int = Field(100_000, ge=100)
 
 

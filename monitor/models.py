@@ -43,6 +43,8 @@ MONEY = Numeric(24, 10)
 
 # SQLite has no 64-bit autoincrement BIGINT; Postgres rows may pass 2**31 at 10M events a month.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+TokenCount = BigInteger().with_variant(Integer(), "sqlite")
+"""A token count: 64-bit (SQLite's INTEGER already is)."""
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -79,12 +81,12 @@ class Base(DeclarativeBase):
 class _TokenColumns:
     """Token counts of one request; None means the provider did not report that figure."""
 
-    input_tokens: Mapped[int | None] = mapped_column(Integer)
-    cached_input_tokens: Mapped[int | None] = mapped_column(Integer)
-    cache_write_tokens: Mapped[int | None] = mapped_column(Integer)
-    output_tokens: Mapped[int | None] = mapped_column(Integer)
-    reasoning_tokens: Mapped[int | None] = mapped_column(Integer)
-    images: Mapped[int | None] = mapped_column(Integer)
+    input_tokens: Mapped[int | None] = mapped_column(TokenCount)
+    cached_input_tokens: Mapped[int | None] = mapped_column(TokenCount)
+    cache_write_tokens: Mapped[int | None] = mapped_column(TokenCount)
+    output_tokens: Mapped[int | None] = mapped_column(TokenCount)
+    reasoning_tokens: Mapped[int | None] = mapped_column(TokenCount)
+    images: Mapped[int | None] = mapped_column(TokenCount)
 
 
 class _CostColumns:

@@ -32,11 +32,12 @@ from typing import Any
 
 from sqlalchemy import Boolean, Connection, Dialect, Engine, Table
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, SQLAlchemyError, StatementError
 from sqlalchemy.types import TypeEngine
 
 from monitor.errors import StoreError
 from monitor.events import Event
+from monitor.journal import DEFAULT_FSYNC_INTERVAL_S, DeadLetters, Journal, describe_os_error, journal_name
 from monitor.models import Base, UTCDateTime
 from monitor.spool import Spool
 from monitor.store import normalise_url
@@ -369,17 +370,48 @@ def write_events(engine: Engine, events: Sequence[Event]) -> None:
 
 _GATHER_S = 0.02
 """How long the writer thread sleeps between looks at the queue while a batch is open (see ``_run``)."""
-_REPLAY_LOCK_WAIT_MS = 250
-"""How long a retried replay waits for another writer's SQLite lock before giving up until the next try (see
-``_try_replay``)."""
+_CATCH_UP_LOCK_WAIT_MS = 250
+"""How long a retried catch-up waits for another writer's SQLite lock before giving up until the next try (see
+``_catch_up``)."""
+_ORPHAN_CHECK_S = 30.0
+"""How often an idle writer looks for journal segments left by processes that are gone."""
+_JOURNAL_RETRY_S = 5.0
+"""How often a writer whose journal cannot be written tries it again."""
+_STOP_GRACE_S = 10.0
+"""How long ``close`` keeps retrying events that exist only in memory (the journal failed) before counting them
+lost."""
+_ALARM_EVERY_S = 60.0
+"""How often a persisting problem (journal unwritable, events refused) is logged again, with its count."""
+
+CONTENT_ERRORS: tuple[type[BaseException], ...] = (
+    DataError,
+    IntegrityError,
+    OverflowError,
+    ValueError,
+    TypeError,
+    UnicodeError,
+)
+"""What a database or driver raises for a row's content (a number too large, a string it cannot encode): the
+same row fails the same way again, so it is set aside instead of retried."""
+
+
+def _content_error(exc: BaseException) -> bool:
+    if isinstance(exc, CONTENT_ERRORS):
+        return True
+    # SQLAlchemy wraps what a driver raised while binding parameters in a StatementError.
+    return isinstance(exc, StatementError) and isinstance(exc.orig, CONTENT_ERRORS)
 
 
 class _NoDatabase(Exception):
-    """The database cannot be reached to prepare a batch; with a spool, the batch is spooled instead."""
+    """The database cannot be reached to prepare a batch."""
+
+
+class _GiveUp(Exception):
+    """The writer is stopping and its grace period for events held only in memory is over."""
 
 
 class _Flush:
-    """A marker put on the queue; set once everything queued before it is written."""
+    """A marker put on the queue; set once everything queued before it is written (or safe in the journal)."""
 
     def __init__(self) -> None:
         self.done = threading.Event()
@@ -387,49 +419,79 @@ class _Flush:
 
 _STOP = object()
 
+Item = tuple[str, dict[str, Any], int | None]
+"""A queued event: its table, its row, and its journal position (None: held only in memory)."""
+
 
 class _Job:
     """One prepared batch on its way from the writer thread to the database thread."""
 
-    __slots__ = ("done", "params", "rows", "sent", "size")
+    __slots__ = ("done", "first", "last", "params", "positions", "rows", "sent", "size")
 
-    def __init__(
-        self, params: dict[_InsertPlan, list[Params]], size: int, rows: dict[_InsertPlan, list[dict[str, Any]]]
-    ) -> None:
-        self.params = params
-        self.rows = rows  # the same rows unbound, for the spool (kept only when there is one)
-        self.size = size
+    def __init__(self) -> None:
+        self.params: dict[_InsertPlan, list[Params]] = {}
+        self.rows: dict[_InsertPlan, list[dict[str, Any]]] = {}
+        self.positions: dict[_InsertPlan, list[int | None]] = {}
+        self.size = 0
+        self.first: int | None = None  # the lowest journal position in the batch
+        self.last: int | None = None  # the highest
         self.sent = threading.Event()  # its rows have left Python; the database is busy with them
-        self.done = threading.Event()  # committed (or its refused rows rejected)
+        self.done = threading.Event()  # stored, set aside, or left in the journal for later
+
+    def add(self, plan: _InsertPlan, params: Params, row: dict[str, Any], position: int | None) -> None:
+        if plan not in self.params:
+            self.params[plan], self.rows[plan], self.positions[plan] = [], [], []
+        self.params[plan].append(params)
+        self.rows[plan].append(row)
+        self.positions[plan].append(position)
+        self.size += 1
+        if position is not None:
+            if self.first is None:
+                self.first = position
+            self.last = position
+
+    def after(self, position: int) -> _Job:
+        """This job without the rows at or before journal ``position`` (already read back from the journal)."""
+        if self.first is None or self.first > position:
+            return self
+        out = _Job()
+        for plan, positions in self.positions.items():
+            for params, row, p in zip(self.params[plan], self.rows[plan], positions, strict=True):
+                if p is None or p > position:
+                    out.add(plan, params, row, p)
+        return out
+
+    def in_memory_only(self) -> _Job:
+        """The rows that are not in the journal."""
+        out = _Job()
+        for plan, positions in self.positions.items():
+            for params, row, p in zip(self.params[plan], self.rows[plan], positions, strict=True):
+                if p is None:
+                    out.add(plan, params, row, p)
+        return out
 
 
 class EventWriter:
     """Queue events from anywhere; background threads write them in batches.
 
-    Use as a context manager, or call ``start()`` and ``close()``. ``flush()`` waits until every event
-    submitted before it is stored. A batch that fails to write for a passing reason (database locked or away)
-    is kept and retried with backoff; it is never dropped. An event the database can never take (a naive
-    timestamp, a value too long for its column) is logged with its ``event_id``, counted in ``rejected`` and
-    left out, so it cannot hold up the events behind it.
+    Use as a context manager, or call ``start()`` and ``close()``. ``submit`` builds the event's row and, with a
+    ``journal``, appends it there before returning, so a request is on disk before its client sees it complete;
+    the batches to the database are cut from memory and the journal is only read back when the database was
+    away, locked or slower than the events (more than ``max_queue`` waiting), and after a crash (segments of a
+    dead process are adopted). ``flush()`` waits until every event submitted before it is stored or, while the
+    database is away, safe in the journal. Rows whose content the database refuses (a count too large, an
+    encoding) are set aside in ``dead_letters`` with the reason and counted in ``rejected``; the rest of their
+    batch is stored. Without a usable journal, events wait in memory, at most ``max_queue`` of them; past that
+    ``submit`` refuses them, counted in ``lost`` and logged.
 
     Counters (read them from any thread): ``written`` events stored (or found already stored), ``rejected``
-    events left out, ``failed_writes`` write attempts that failed and were retried.
+    events set aside, ``failed_writes`` write attempts that failed, ``deferred`` events that waited in the
+    journal for the database, ``replayed`` events read back from a journal or an old spool, ``held`` events
+    that had only memory (the journal failed), ``lost`` events refused or given up at stop.
 
-    ``batch_size`` caps one transaction. Below it, batches are cut by ``flush_interval_s``, so it matters only
-    when events arrive faster than that (bursts, a replayed spool); there, each commit costs SQLite a WAL
-    checkpoint and an fsync, and the random ``event_id`` index dirties pages in proportion to the rows, so
-    5000-row transactions carry clearly more events per second than 1000-row ones (BENCHMARKS.md).
-
-    With a ``spool``, nothing waits for the database: a batch the database cannot take right now (unreachable,
-    locked, read-only) is appended to the spool (fsync) and the spool is replayed, in order and idempotently,
-    as soon as the database answers again; batches arriving meanwhile join the spool behind it, so order is
-    kept. A spool left by a crash is replayed at start. Past ``max_queue`` waiting events the writer spills
-    to the spool instead of letting the queue grow. Counters ``spooled`` and ``replayed`` say what went where.
-
-    Two threads share the work: the writer thread batches events and turns them into rows; a database thread
-    writes them. Batches go through one at a time and in order, and the writer thread prepares the next batch
-    only while the database finishes the previous one (its commit, Postgres' INSERT ... SELECT): then the
-    database thread needs no Python, so the two overlap instead of fighting over the GIL.
+    ``batch_size`` caps one transaction; below it batches are cut by ``flush_interval_s``. Two threads share the
+    work: the writer thread batches events and binds their rows; a database thread writes them, so the two
+    overlap instead of fighting over the GIL (BENCHMARKS.md).
     """
 
     def __init__(
@@ -439,9 +501,12 @@ class EventWriter:
         batch_size: int = DEFAULT_BATCH_SIZE,
         flush_interval_s: float = 1.0,
         retry_backoff_s: tuple[float, float] = (0.1, 5.0),
-        spool: Spool | None = None,
+        journal: Journal | None = None,
+        dead_letters: DeadLetters | None = None,
         max_queue: int = 100_000,
         prepare: Callable[[], None] | None = None,
+        legacy_spool: Spool | None = None,
+        stop_grace_s: float = _STOP_GRACE_S,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -458,17 +523,34 @@ class EventWriter:
         self._thread: threading.Thread | None = None
         self._db_thread: threading.Thread | None = None
         self._closed = False
+        self._stopping = threading.Event()
+        self._stop_deadline = 0.0
+        self._stop_grace_s = stop_grace_s
         self._plans: dict[str, _InsertPlan] = {}
-        # Both threads count; the lock keeps their increments from racing.
         self._counts_lock = threading.Lock()
         self.written = 0
         self.failed_writes = 0
         self.rejected = 0
-        self.spool = spool
-        self.max_queue = max_queue
-        self.spooled = 0
+        self.deferred = 0
         self.replayed = 0
-        self._next_replay = 0.0
+        self.held = 0
+        self.lost = 0
+        self.journal = journal
+        self.dead_letters = dead_letters
+        self.legacy_spool = legacy_spool
+        self.max_queue = max_queue
+        # The database thread's view of the journal: ``_behind`` while some journaled rows were not stored from
+        # memory (they are read back from the journal); rows at or before ``_caught_up_to`` were read back.
+        self._behind = False
+        self._caught_up_to = 0
+        self._next_catch_up = 0.0
+        self._next_orphan_check = 0.0
+        self._outage_logged = False
+        self._journal_ok = journal is not None and journal.is_open
+        self._journal_problem: str | None = None
+        self._next_journal_try = 0.0
+        self._alarms: dict[str, float] = {}
+        self._logged_reasons: set[tuple[str, str]] = set()
         # Run before the first write or replay (migrations deferred while the database was away); raises
         # while the database is still unreachable, which counts as the database being away.
         self._prepare_step = prepare
@@ -485,40 +567,118 @@ class EventWriter:
     def start(self) -> EventWriter:
         """Start the background threads (idempotent)."""
         if self._thread is None:
+            if self.journal is not None and not self.journal.is_open:
+                self._try_journal()
             self._db_thread = threading.Thread(target=self._run_db, name="glm-monitor-writer-db", daemon=True)
             self._db_thread.start()
             self._thread = threading.Thread(target=self._run, name="glm-monitor-writer", daemon=True)
             self._thread.start()
         return self
 
+    # --- submitting (any thread)
+
     def submit(self, event: Event) -> None:
-        """Queue one event for writing. Safe from any thread or task; never blocks."""
+        """Build ``event``'s row and queue it; with a journal, the row is on disk when this returns. Never
+        blocks on the database; never raises for the event's content (a row that cannot be built is set aside)."""
         if self._closed:
             raise RuntimeError("EventWriter is closed")
-        self._queue.put(event)
+        try:
+            table = event.table
+            row = event.to_row()
+        except Exception as exc:  # a bug of ours: keep what can be said, never the writer
+            self._reject(getattr(event, "table", "?"), {"event_id": getattr(event, "event_id", "?")}, exc)
+            return
+        journal = self.journal
+        if self._journal_ok and journal is not None:
+            put = self._queue.put
+            try:
+                journal.append(table, row, lambda position: put((table, row, position)))
+                return
+            except (OSError, RuntimeError) as exc:
+                self._journal_failed(exc)
+        self._hold(table, row)
+
+    def _hold(self, table: str, row: dict[str, Any]) -> None:
+        """Queue a row that only memory holds, unless ``max_queue`` rows already wait."""
+        if self._queue.qsize() >= self.max_queue:
+            with self._counts_lock:
+                self.lost += 1
+                lost = self.lost
+            self._alarm(
+                "lost",
+                "refused an event (%s %s): %d events wait in memory and the journal cannot take more; %d refused "
+                "so far",
+                table,
+                row.get("event_id"),
+                self.max_queue,
+                lost,
+            )
+            return
+        with self._counts_lock:
+            self.held += 1
+        self._queue.put((table, row, None))
+
+    def _journal_failed(self, exc: BaseException) -> None:
+        journal = self.journal
+        self._journal_ok = False
+        self._next_journal_try = time.monotonic() + _JOURNAL_RETRY_S
+        where = journal.directory if journal is not None else "?"
+        problem = describe_os_error(exc, where) if isinstance(exc, OSError) else f"{where}: {exc}"
+        first = self._journal_problem != problem
+        self._journal_problem = problem
+        if first:
+            self._alarms.pop("journal", None)
+        self._alarm("journal", "journal %s: events are held in memory, %d so far", problem, self.held)
+
+    def _try_journal(self) -> None:
+        """Open the journal (or try appending again) after it failed."""
+        journal = self.journal
+        if journal is None:
+            return
+        try:
+            if not journal.is_open:
+                journal.open()
+        except OSError as exc:
+            self._journal_failed(exc)
+            return
+        if self._journal_problem is not None:
+            log.warning("journal %s can be written again", journal.directory)
+            self._journal_problem = None
+        self._journal_ok = True
+
+    def _alarm(self, key: str, message: str, *args: object) -> None:
+        """Log ``message`` now if ``key`` was not logged in the last ``_ALARM_EVERY_S`` (one line, no traceback)."""
+        now = time.monotonic()
+        if now < self._alarms.get(key, 0.0):
+            return
+        self._alarms[key] = now + _ALARM_EVERY_S
+        log.error(message, *args)
 
     def flush(self, timeout: float | None = None) -> bool:
-        """Block until everything submitted before this call is written; False if ``timeout`` passed first."""
+        """Block until everything submitted before this call is stored (or, while the database is away, safe
+        in the journal); False if ``timeout`` passed first."""
         marker = _Flush()
         self._queue.put(marker)
         self._nudge.set()  # a gathering sleep ends now, not at its next step
         return marker.done.wait(timeout)
 
     def close(self, timeout: float | None = None) -> None:
-        """Write what is queued, then stop the threads."""
+        """Write what is queued (what the database cannot take now stays in the journal), then stop."""
         if self._closed:
             return
         self._closed = True
+        self._stop_deadline = time.monotonic() + self._stop_grace_s
+        self._stopping.set()
         self._queue.put(_STOP)
         self._nudge.set()
         if self._thread is not None:
             self._thread.join(timeout)
 
-    # --- writer thread: batching and preparing
+    # --- writer thread: batching and binding
 
     def _run(self) -> None:
         get, get_nowait = self._queue.get, self._queue.get_nowait
-        batch: list[Event] = []
+        batch: list[Item] = []
         deadline = 0.0
         step = _GATHER_S
         while True:
@@ -553,16 +713,17 @@ class EventWriter:
             if batch and time.monotonic() >= deadline:
                 self._hand_over(batch)
 
-    def _take(self, item: object, batch: list[Event]) -> bool:
+    def _take(self, item: object, batch: list[Item]) -> bool:
         """Handle one queue item (an event, a flush marker or the stop marker); True once stopped."""
-        if self.spool is not None and self._queue.qsize() > self.max_queue:
-            # Falling behind: put the backlog on disk rather than in memory.
-            batch.append(item)  # type: ignore[arg-type]
-            marker = self._spill(batch)
-            if marker is None:
-                return False
-            item = marker
-        if type(item) is _Flush:
+        if type(item) is tuple:
+            batch.append(item)
+            if self._queue.qsize() > self.max_queue:
+                marker = self._shed(batch)
+                if marker is not None:
+                    return self._take(marker, batch)
+            if len(batch) >= self.batch_size:
+                self._hand_over(batch)
+        elif type(item) is _Flush:
             self._hand_over(batch)
             self._wait_written()
             item.done.set()
@@ -572,110 +733,77 @@ class EventWriter:
             if self._db_thread is not None:
                 self._db_thread.join()
             return True
-        else:
-            batch.append(item)  # type: ignore[arg-type]
-            if len(batch) >= self.batch_size:
-                self._hand_over(batch)
         return False
 
-    def _spill(self, batch: list[Event]) -> object | None:
-        """Spool ``batch`` and the queue's backlog (up to a marker, which is returned for handling)."""
-        assert self.spool is not None
+    def _shed(self, batch: list[Item]) -> object | None:
+        """Falling behind: let go of journaled rows in memory (the database thread reads them back from the
+        journal) until half of ``max_queue`` is left; return a marker met on the way, for handling."""
+        self._behind = True  # before any later job reaches the database thread
+        shed = sum(1 for item in batch if item[2] is not None)
+        batch[:] = [item for item in batch if item[2] is None]
         marker: object | None = None
         while self._queue.qsize() > self.max_queue // 2:
             item = self._queue.get()
-            if type(item) is _Flush or item is _STOP:
+            if type(item) is not tuple:
                 marker = item
                 break
-            batch.append(item)  # type: ignore[arg-type]
+            if item[2] is None:
+                batch.append(item)
+            else:
+                shed += 1
+        with self._counts_lock:
+            self.deferred += shed
         log.warning(
-            "writer fell behind by more than %d events: spooling %d to %s", self.max_queue, len(batch), self.spool.path
+            "the writer fell behind by more than %d events: %d wait in the journal and are read back from it",
+            self.max_queue,
+            shed,
         )
-        self._spool_events(batch)
         return marker
 
-    def _spool_events(self, batch: list[Event]) -> None:
-        """Append ``batch``'s rows to the spool after what was handed over before it (order kept); clear it."""
-        self._wait_written()
-        rows: dict[str, list[dict[str, Any]]] = {}
-        for ev in batch:
-            try:
-                rows.setdefault(ev.table, []).append(ev.to_row())
-            except Exception as exc:
-                self._reject(getattr(ev, "table", "?"), getattr(ev, "event_id", "?"), exc)
-        for table, table_rows in rows.items():
-            self._append_to_spool(table, table_rows)
-        batch.clear()
-
-    def _append_to_spool(self, table: str, rows: Sequence[dict[str, Any]]) -> None:
-        """Append to the spool, retrying (the local disk is our last resort, so this never gives up)."""
-        assert self.spool is not None
-        delay = self._backoff[0]
-        while True:
-            try:
-                self.spool.append(table, rows)
-                break
-            except OSError as exc:
-                delay = self._wait_to_retry(f"spooling {len(rows)} events to {self.spool.path}", exc, delay)
-        with self._counts_lock:
-            self.spooled += len(rows)
-
-    def _hand_over(self, batch: list[Event]) -> None:
-        """Prepare and clear ``batch``, pass it to the database thread, and wait until its rows are sent."""
-        if not batch:
-            return
-        try:
-            params, rows = self._prepare(batch)
-        except _NoDatabase:
-            self._spool_events(batch)
-            return
-        batch.clear()
-        size = sum(len(p) for p in params.values())
-        if not size:
-            return
-        job = _Job(params, size, rows)
-        self._last_job = job
-        self._jobs.put(job)
-        job.sent.wait()
+    def _hand_over(self, batch: list[Item]) -> None:
+        """Bind and clear ``batch``, pass it to the database thread, and wait until its rows are sent."""
+        while batch:
+            chunk = batch[: self.batch_size]
+            del batch[: self.batch_size]
+            job = self._prepare(chunk)
+            if not job.size:
+                continue
+            self._last_job = job
+            self._jobs.put(job)
+            job.sent.wait()
 
     def _wait_written(self) -> None:
         if self._last_job is not None:
             self._last_job.done.wait()
 
-    def _prepare(
-        self, batch: Sequence[Event]
-    ) -> tuple[dict[_InsertPlan, list[Params]], dict[_InsertPlan, list[dict[str, Any]]]]:
-        """Each event's row as bind-ready params, grouped by table (and the plain rows too when there is a
-        spool); events that cannot be bound are rejected."""
-        out: dict[_InsertPlan, list[Params]] = {}
-        raw: dict[_InsertPlan, list[dict[str, Any]]] = {}
-        keep = self.spool is not None
+    def _prepare(self, batch: Sequence[Item]) -> _Job:
+        """Each row as bind-ready params, grouped by table; rows that cannot be bound are set aside. While the
+        database cannot be reached to build a table's plan, journaled rows are left to the journal."""
+        job = _Job()
         plans = self._plans
-        for ev in batch:
-            name = ev.table
-            plan = plans.get(name)
+        for table, row, position in batch:
+            plan = plans.get(table)
             if plan is None:
                 try:
-                    plan = plans[name] = self._plan(name)
+                    plan = plans[table] = self._plan(table, in_journal=position is not None)
                 except _NoDatabase:
-                    raise  # the whole batch goes to the spool
-                except Exception as exc:  # e.g. an event for a table we do not have: reject it, keep the thread
-                    self._reject(str(name), getattr(ev, "event_id", "?"), exc)
+                    self._behind = True
+                    with self._counts_lock:
+                        self.deferred += 1
+                    continue
+                except _GiveUp:
+                    self._count_lost(1, "the database was unavailable at stop")
+                    continue
+                except Exception as exc:  # e.g. an event for a table we do not have
+                    self._reject(table, row, exc)
                     continue
             try:
-                row = ev.to_row()
                 params = plan.params(row)
             except Exception as exc:
-                self._reject(getattr(ev, "table", "?"), getattr(ev, "event_id", "?"), exc)
+                self._reject(table, row, exc)
                 continue
-            rows = out.get(plan)
-            if rows is None:
-                rows = out[plan] = []
-                raw[plan] = []
-            rows.append(params)
-            if keep:
-                raw[plan].append(row)
-        return out, raw
+            job.add(plan, params, row, position)
+        return job
 
     @property
     def pending_prepare(self) -> Callable[[], None] | None:
@@ -692,9 +820,9 @@ class EventWriter:
                 step()
                 self._prepare_step = None
 
-    def _plan(self, name: str) -> _InsertPlan:
-        """The plan for table ``name``; building it may meet the database once, so it retries like a write
-        (with a spool it does not wait: ``_NoDatabase`` sends the batch to the spool instead)."""
+    def _plan(self, name: str, *, in_journal: bool) -> _InsertPlan:
+        """The plan for table ``name``; building it may meet the database once. A row in the journal does not
+        wait for it (``_NoDatabase``); a row only in memory retries with backoff."""
         table = Base.metadata.tables[name]
         delay = self._backoff[0]
         while True:
@@ -702,161 +830,308 @@ class EventWriter:
                 self._ready()
                 return _plan(self.engine, table)
             except (SQLAlchemyError, StoreError) as exc:
-                if self.spool is not None:
+                if in_journal:
                     raise _NoDatabase from exc
                 delay = self._wait_to_retry(f"connecting to prepare {name} rows", exc, delay)
 
-    # --- database thread: storing, retrying, rejecting
+    # --- database thread: storing, catching up, setting aside
 
     def _run_db(self) -> None:
-        self._try_replay(force=True)  # a spool left by a crash goes first
+        self._start_up()
         while True:
-            # With a spool, wake up now and then even when idle: batches the writer thread spooled itself (the
-            # database was away before any batch reached this thread) come with no job to wake us.
             try:
-                job = self._jobs.get(timeout=self._backoff[1] if self.spool is not None else None)
+                job = self._jobs.get(timeout=self._backoff[1] if self.journal is not None else None)
             except queue.Empty:
-                self._try_replay()
+                self._idle()
                 continue
             if job is None:
-                self._try_replay(force=True)
+                self._shut_down()
                 return
             try:
                 self._store_job(job)
+            except _GiveUp:
+                self._count_lost(job.in_memory_only().size, "the database was unavailable at stop")
             finally:
                 job.sent.set()
                 job.done.set()
 
-    def _try_replay(self, *, force: bool = False) -> bool:
-        """Replay the spool if it has anything (at most every few seconds unless ``force``); True if now empty."""
-        if self.spool is None or self.spool.pending_bytes() == 0:
-            return True
-        if not force and time.monotonic() < self._next_replay:
-            return False
-        # A retry after a failure asks the database briefly: while another writer holds SQLite's lock, waiting the
-        # full busy timeout on each retry would keep the database thread away from new batches, which then wait in
-        # memory instead of reaching the spool. A forced replay (at start and close) waits the full timeout.
-        write = partial(self._replay_rows, lock_wait_ms=None if force else _REPLAY_LOCK_WAIT_MS)
+    def _start_up(self) -> None:
+        """Replay what earlier runs left: an old-style spool, journal segments of processes that are gone."""
+        if self.legacy_spool is not None and self.legacy_spool.pending_bytes():
+            try:
+                n = self.legacy_spool.replay(partial(self._replay_rows, lock_wait_ms=None), batch_size=self.batch_size)
+                log.info("replayed %d events from the spool %s", n, self.legacy_spool.path)
+            except Exception as exc:
+                log.warning("the spool %s waits for the database (%s)", self.legacy_spool.path, _why(exc))
+        self._adopt_orphans(force=True)
+
+    def _idle(self) -> None:
+        if self.journal is not None and not self._journal_ok and time.monotonic() >= self._next_journal_try:
+            self._try_journal()
+        if self._behind:
+            self._catch_up()
+        self._adopt_orphans()
+
+    def _adopt_orphans(self, *, force: bool = False) -> None:
+        journal = self.journal
+        if journal is None or (not force and time.monotonic() < self._next_orphan_check):
+            return
+        self._next_orphan_check = time.monotonic() + _ORPHAN_CHECK_S
+        write = partial(self._replay_rows, lock_wait_ms=None if force else _CATCH_UP_LOCK_WAIT_MS)
         try:
-            n = self.spool.replay(write, batch_size=self.batch_size)
+            n = journal.adopt_orphans(write, batch_size=self.batch_size)
         except Exception as exc:
-            with self._counts_lock:
-                self.failed_writes += 1
-            self._next_replay = time.monotonic() + self._backoff[1]
-            log.warning("the database is still unavailable (%s); events stay spooled", type(exc).__name__)
-            return False
+            log.warning("events a stopped process left in the journal wait for the database (%s)", _why(exc))
+            return
         if n:
-            log.info("replayed %d spooled events into the database", n)
+            log.info("replayed %d events a stopped process had left in the journal", n)
+
+    def _shut_down(self) -> None:
+        if self._behind:
+            self._catch_up(force=True)
+        journal = self.journal
+        if journal is None:
+            return
+        left = sum(1 for _ in journal.unstored()) if self._behind else 0
+        if not journal.close() and left:
+            log.warning(
+                "the database is unavailable: %d events are left in the journal %s and are written at the next start",
+                left,
+                journal.directory,
+            )
+
+    def _store_job(self, job: _Job) -> None:
+        """Store ``job`` in one transaction; while the database is away its journaled rows wait in the journal."""
+        if self._behind and not self._catch_up():
+            self._defer(job)
+            return
+        if self._caught_up_to:
+            job = job.after(self._caught_up_to)
+            if not job.size:
+                return
+        try:
+            _store(self.engine, job.params, job.sent.set)
+        except Exception as exc:
+            job.sent.set()
+            if _content_error(exc):
+                rejected = sum(self._store_or_reject(p, job.params[p], job.rows[p]) for p in job.params)
+                self._stored(job, job.size - rejected)
+                return
+            self._database_failed(exc)
+            if job.last is not None:
+                self._behind = True
+                self._next_catch_up = time.monotonic() + self._backoff[0]
+            self._defer(job)
+            return
+        self._stored(job, job.size)
+
+    def _stored(self, job: _Job, written: int) -> None:
+        with self._counts_lock:
+            self.written += written
+        if self._outage_logged:
+            self._outage_logged = False
+            log.warning("the database is writable again")
+        if job.last is not None and self.journal is not None and not self._behind:
+            self.journal.stored(job.last)
+
+    def _defer(self, job: _Job) -> None:
+        """Leave the journaled rows of ``job`` in the journal; store the rest in place, retrying."""
+        memory = job.in_memory_only()
+        with self._counts_lock:
+            self.deferred += job.size - memory.size
+        for plan, params in memory.params.items():
+            self._store_in_place(plan, params, memory.rows[plan])
+
+    def _store_in_place(self, plan: _InsertPlan, params: list[Params], rows: list[dict[str, Any]]) -> None:
+        """Store rows that only memory holds: retried with backoff until stored (``_GiveUp`` at stop)."""
+        delay = self._backoff[0]
+        while True:
+            try:
+                rejected = self._store_or_reject(plan, params, rows, retry=False)
+                with self._counts_lock:
+                    self.written += len(params) - rejected
+                return
+            except _GiveUp:
+                raise
+            except Exception as exc:
+                delay = self._wait_to_retry(f"writing {len(params)} events held in memory", exc, delay)
+
+    def _database_failed(self, exc: BaseException) -> None:
+        with self._counts_lock:
+            self.failed_writes += 1
+        if not self._outage_logged:
+            self._outage_logged = True
+            where = f"the journal {self.journal.directory}" if self._journal_ok and self.journal else "memory"
+            log.warning("the database is unavailable (%s): events wait in %s until it is back", _why(exc), where)
+
+    def _catch_up(self, *, force: bool = False) -> bool:
+        """Read back and store this process's journaled rows not stored yet; True once nothing is behind."""
+        journal = self.journal
+        if journal is None:
+            self._behind = False
+            return True
+        if not force and time.monotonic() < self._next_catch_up:
+            return False
+        write = partial(self._replay_rows, lock_wait_ms=None if force else _CATCH_UP_LOCK_WAIT_MS)
+        table: str | None = None
+        rows: list[dict[str, Any]] = []
+        last = reached = self._caught_up_to
+        total = 0
+        try:
+            for position, t, row in journal.unstored():
+                if rows and (t != table or len(rows) >= self.batch_size):
+                    assert table is not None
+                    write(table, rows)
+                    total += len(rows)
+                    journal.stored(last)
+                    reached = last
+                    rows = []
+                table = t
+                rows.append(row)
+                last = position
+            if rows:
+                assert table is not None
+                write(table, rows)
+                total += len(rows)
+                journal.stored(last)
+                reached = last
+        except Exception as exc:
+            self._caught_up_to = max(self._caught_up_to, reached)
+            self._database_failed(exc)
+            self._next_catch_up = time.monotonic() + self._backoff[1]
+            return False
+        self._caught_up_to = max(self._caught_up_to, last)
+        self._behind = False
+        if total:
+            log.info("read %d events back from the journal into the database", total)
+        if self._outage_logged:
+            self._outage_logged = False
+            log.warning("the database is writable again")
         return True
 
     def _replay_rows(self, table: str, rows: list[dict[str, Any]], *, lock_wait_ms: int | None) -> None:
+        """Store rows read back from a journal or spool (content refused: set aside); raises while the
+        database is unavailable."""
         self._ready()
         plan = _plan(self.engine, Base.metadata.tables[table])
-        params = [plan.params(r) for r in rows]
+        params: list[Params] = []
+        kept: list[dict[str, Any]] = []
+        for row in rows:
+            try:
+                params.append(plan.params(row))
+                kept.append(row)
+            except Exception as exc:
+                self._reject(table, row, exc)
+        rejected = 0
         try:
             _store(self.engine, {plan: params}, lock_wait_ms=lock_wait_ms)
-        except (DataError, IntegrityError):
-            self._store_or_reject(plan, params, retry=False)
+        except Exception as exc:
+            if not _content_error(exc):
+                raise
+            rejected = self._store_or_reject(plan, params, kept, retry=False)
         with self._counts_lock:
             self.replayed += len(rows)
-            self.written += len(rows)
+            self.written += len(params) - rejected
 
-    def _spool_job(self, job: _Job) -> None:
-        job.sent.set()
-        for plan, rows in job.rows.items():
-            self._append_to_spool(plan.table.name, rows)
+    def _store_or_reject(
+        self, plan: _InsertPlan, params: Sequence[Params], rows: Sequence[dict[str, Any]], *, retry: bool = True
+    ) -> int:
+        """Store ``params`` in halves until each refused row stands alone, then set it aside; return how many.
 
-    def _store_job(self, job: _Job) -> None:
-        """Store ``job`` in one transaction: retried until stored (or spooled), except rows the database refuses."""
-        if self.spool is not None and not self._try_replay():
-            self._spool_job(job)  # the spool is not empty: join it, so order is kept
-            return
-        delay = self._backoff[0]
-        rejected = 0
-        while True:
-            try:
-                _store(self.engine, job.params, job.sent.set)
-                break
-            except (DataError, IntegrityError):
-                # The same rows would fail the same way again: find the ones at fault instead.
-                job.sent.set()
-                for plan, params in job.params.items():
-                    rejected += self._store_or_reject(plan, params)
-                break
-            except Exception as exc:  # the thread must outlive any failure; the batch is kept
-                if self.spool is not None:
-                    with self._counts_lock:
-                        self.failed_writes += 1
-                    log.warning(
-                        "writing %d events failed (%s); spooling them to %s until the database is back",
-                        job.size,
-                        type(exc).__name__,
-                        self.spool.path,
-                    )
-                    self._spool_job(job)
-                    self._next_replay = time.monotonic() + self._backoff[0]
-                    return
-                delay = self._wait_to_retry(f"writing {job.size} events", exc, delay)
-        with self._counts_lock:
-            self.written += job.size - rejected
-
-    def _store_or_reject(self, plan: _InsertPlan, params: Sequence[Params], *, retry: bool = True) -> int:
-        """Store ``params`` in halves until each refused row stands alone, then reject it; return the rejects.
-
-        Passing errors (database locked or away) are retried in place with backoff, as for whole batches.
+        Passing errors (database locked or away) are retried in place with backoff when ``retry``, else raised.
         """
         delay = self._backoff[0]
         while True:
             try:
                 _store(self.engine, {plan: params})
                 return 0
-            except (DataError, IntegrityError) as exc:
-                if len(params) == 1:
-                    self._reject(plan.table.name, params[0][plan.key_index], exc)
-                    return 1
-                break
-            except Exception as exc:  # as in _store_job
+            except Exception as exc:
+                if _content_error(exc):
+                    if len(params) == 1:
+                        self._reject(plan.table.name, rows[0], exc)
+                        return 1
+                    break
                 if not retry:
                     raise
                 delay = self._wait_to_retry(f"writing {len(params)} events", exc, delay)
         half = len(params) // 2
-        return self._store_or_reject(plan, params[:half], retry=retry) + self._store_or_reject(
-            plan, params[half:], retry=retry
+        return self._store_or_reject(plan, params[:half], rows[:half], retry=retry) + self._store_or_reject(
+            plan, params[half:], rows[half:], retry=retry
         )
 
     # --- both threads
 
     def _wait_to_retry(self, what: str, exc: Exception, delay: float) -> float:
-        """Count and log a failed attempt, sleep ``delay``, and return the next (doubled, capped) delay."""
+        """Count and log a failed attempt, sleep ``delay``, and return the next (doubled, capped) delay; raise
+        ``_GiveUp`` once the writer is stopping and its grace period is over."""
         with self._counts_lock:
             self.failed_writes += 1
-        # A database error is expected weather; anything else is a bug worth its traceback.
-        log.error(
-            "%s failed (%s); retrying in %.1fs",
-            what,
-            exc.__class__.__name__,
-            delay,
-            exc_info=not isinstance(exc, SQLAlchemyError),
-        )
+        if self._stopping.is_set() and time.monotonic() >= self._stop_deadline:
+            raise _GiveUp from exc
+        # A database error is expected weather, logged in one line once a minute; anything else is a bug worth
+        # its traceback.
+        if isinstance(exc, (SQLAlchemyError, StoreError)):
+            self._alarm(
+                f"retry:{type(exc).__name__}",
+                "%s failed (%s); retrying every %.1fs at most",
+                what,
+                _why(exc),
+                self._backoff[1],
+            )
+        else:
+            log.error("%s failed (%s); retrying in %.1fs", what, _why(exc), delay, exc_info=True)
         time.sleep(delay)
         return min(delay * 2, self._backoff[1])
 
-    def _reject(self, table: str, event_id: object, exc: BaseException) -> None:
+    def _count_lost(self, n: int, why: str) -> None:
+        if not n:
+            return
+        with self._counts_lock:
+            self.lost += n
+        log.error("%d events held only in memory could not be written: %s", n, why)
+
+    def _reject(self, table: str, row: dict[str, Any], exc: BaseException) -> None:
+        """Set a row aside in the dead-letter file with the reason; logged once per table and kind of error."""
         with self._counts_lock:
             self.rejected += 1
         # The first line only: SQLAlchemy appends the statement and a sample of the batch's parameters.
-        reason = str(exc).splitlines()[0][:300] if str(exc) else ""
+        reason = f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"
+        kept = self.dead_letters is not None and self.dead_letters.add(table, row, reason)
+        key = (table, type(exc).__name__)
+        if key in self._logged_reasons and kept:
+            return
+        self._logged_reasons.add(key)
+        where = f"set aside in {self.dead_letters.path}" if kept and self.dead_letters else "dropped"
         log.error(
-            "dropping %s event %s: the database cannot store it (%s: %s)",
+            "a %s event (%s) cannot be stored: %s; %s (further rows refused for the same reason are set aside "
+            "without a message)",
             table,
-            event_id,
-            exc.__class__.__name__,
+            row.get("event_id"),
             reason,
+            where,
         )
 
 
+def _why(exc: BaseException) -> str:
+    """A one-line reason: the exception type and the first line of its message, without statement or params."""
+    orig = getattr(exc, "orig", None)
+    shown = orig if isinstance(orig, BaseException) else exc
+    text = str(shown).strip().splitlines()[0][:200] if str(shown).strip() else ""
+    return f"{type(shown).__name__}: {text}" if text else type(shown).__name__
+
+
+def journal_dir_for(url: str, configured: str | None = None) -> Path:
+    """The journal directory: as configured, else beside a SQLite database file, else ``./glm-monitor.journal``."""
+    if configured:
+        return Path(configured).expanduser()
+    parsed = make_url(normalise_url(url))
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return Path(parsed.database + ".journal")
+    return Path("glm-monitor.journal").resolve()
+
+
 def spool_path_for(url: str, configured: str | None = None) -> Path:
-    """The spool file: as configured, else beside a SQLite database file, else ``./glm-monitor.spool``."""
+    """Where versions before the journal kept their spool file (replayed once at start if one is left)."""
     if configured:
         return Path(configured).expanduser()
     parsed = make_url(normalise_url(url))
@@ -869,12 +1144,25 @@ def open_writer(
     engine: Engine,
     url: str,
     *,
+    journal_dir: str | None = None,
     spool_path: str | None = None,
     max_queue: int = 100_000,
+    fsync_interval_s: float = DEFAULT_FSYNC_INTERVAL_S,
     prepare: Callable[[], None] | None = None,
 ) -> EventWriter:
-    """The writer the daemon, the proxy and the transport share: batched, with its spool, started.
+    """The writer the daemon, the proxy and the transport use: batched, journaled, started.
 
-    ``prepare`` (``store.upgrade_or_defer``'s step) runs before the first write or replay."""
-    spool = Spool(spool_path_for(url, spool_path))
-    return EventWriter(engine, spool=spool, max_queue=max_queue, prepare=prepare).start()
+    ``prepare`` (``store.upgrade_or_defer``'s step) runs before the first write or replay. A journal directory
+    that cannot be written is logged in one line and retried; events wait in memory meanwhile."""
+    directory = journal_dir_for(url, journal_dir)
+    name = journal_name(normalise_url(url))
+    journal = Journal(directory, name=name, fsync_interval_s=fsync_interval_s)
+    spool = spool_path_for(url, spool_path)
+    return EventWriter(
+        engine,
+        journal=journal,
+        dead_letters=DeadLetters(directory, name),
+        max_queue=max_queue,
+        prepare=prepare,
+        legacy_spool=Spool(spool) if spool.exists() else None,
+    ).start()

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import sqlite3
+import subprocess
+import sys
 import threading
 import time
 from datetime import UTC, datetime
@@ -12,6 +15,7 @@ from decimal import Decimal
 from sqlalchemy import func, select
 
 from monitor.events import ProbeResult, UsageEvent
+from monitor.journal import DeadLetters, Journal
 from monitor.models import ProbeResultRow, UsageEventRow
 from monitor.money import Cost
 from monitor.outcomes import Outcome
@@ -182,34 +186,36 @@ def test_a_locked_sqlite_database_delays_but_loses_nothing(sqlite_database, tmp_
     check.dispose()
 
 
-def test_spooled_while_sqlite_is_locked_then_every_event_stored_with_the_busy_timeout_intact(sqlite_database, tmp_path):
-    """Replays retried while another writer holds the lock ask SQLite only briefly; afterwards the connections
-    wait their configured busy timeout again, and every event, spooled or not, is stored once."""
-    from monitor.spool import Spool
+def test_journaled_while_sqlite_is_locked_then_every_event_stored_with_the_busy_timeout_intact(
+    sqlite_database, tmp_path
+):
+    """Catch-ups retried while another writer holds the lock ask SQLite only briefly; afterwards the connections
+    wait their configured busy timeout again, and every event, read back from the journal or not, is stored once."""
     from monitor.store import make_engine, upgrade
 
     upgrade(sqlite_database)
     engine = make_engine(sqlite_database, sqlite_busy_timeout_ms=400)
-    spool = Spool(tmp_path / "events.spool")
+    journal = Journal(tmp_path / "journal").open()
     locker = sqlite3.connect(str(tmp_path / "monitor.db"), timeout=0)
     locker.execute("BEGIN EXCLUSIVE")
     try:
         with EventWriter(
-            engine, batch_size=5, flush_interval_s=0.05, retry_backoff_s=(0.05, 0.2), spool=spool
+            engine, batch_size=5, flush_interval_s=0.05, retry_backoff_s=(0.05, 0.2), journal=journal
         ) as writer:
             for i in range(10):
                 writer.submit(_usage_event(i))
-            assert _wait_for(lambda: writer.spooled >= 10)
-            for i in range(10, 40):  # later batches retry the replay (the spool is not empty) and spool again
+            assert _wait_for(lambda: writer.deferred >= 10)
+            for i in range(10, 40):  # later batches retry the catch-up and wait in the journal again
                 writer.submit(_usage_event(i))
                 time.sleep(0.01)
-            assert _wait_for(lambda: writer.spooled >= 40)
+            assert _wait_for(lambda: writer.deferred >= 40)
             assert writer.failed_writes >= 2
             locker.rollback()
-        assert writer.written == 40 and writer.replayed >= 10  # closing replays what is still spooled
+        assert writer.written == 40 and writer.replayed >= 10  # closing reads back what is still behind
         with engine.connect() as conn:
             assert conn.exec_driver_sql("PRAGMA busy_timeout").scalar_one() == 400
         assert _count(engine) == 40
+        assert list((tmp_path / "journal").glob("*.jnl")) == []  # all stored: a clean stop leaves no file
     finally:
         locker.close()
         engine.dispose()
@@ -262,119 +268,161 @@ def test_write_events_refuses_a_naive_timestamp_and_writes_nothing(engine):
     assert _count(engine) == 0
 
 
-def test_a_count_the_column_cannot_hold_is_never_stored_as_another_number(engine):
-    huge = _usage_event(1, usage=Usage(input_tokens=2**40, output_tokens=2**31))
-    with EventWriter(engine, batch_size=100, retry_backoff_s=(0.01, 0.05)) as writer:
-        writer.submit(huge)
-        writer.submit(_usage_event(2))
+def test_a_count_the_column_cannot_hold_is_set_aside_and_never_stops_the_writer(engine, tmp_path, caplog):
+    """2**63 overflows SQLite's and Postgres' 64-bit integers: the row goes to the dead-letter file with its
+    reason, logged once, and every event before and after it is stored."""
+    big = _usage_event(1, usage=Usage(input_tokens=2**40, output_tokens=2**31))  # 64-bit columns hold these
+    poison = [_usage_event(100 + i, usage=Usage(input_tokens=2**63 + i, output_tokens=1)) for i in range(3)]
+    good = [_usage_event(10 + i) for i in range(30)]
+    journal = Journal(tmp_path / "journal").open()
+    letters = DeadLetters(tmp_path / "journal")
+    with EventWriter(
+        engine, batch_size=100, retry_backoff_s=(0.01, 0.05), journal=journal, dead_letters=letters
+    ) as writer:
+        for ev in [big, *good[:10], poison[0], *good[10:20], *poison[1:], *good[20:]]:
+            writer.submit(ev)
         assert writer.flush(timeout=30)
+        assert (writer.rejected, writer.written) == (3, 31)
     with engine.connect() as conn:
-        stored = conn.execute(
-            select(UsageEventRow.input_tokens, UsageEventRow.output_tokens).where(
-                UsageEventRow.event_id == huge.event_id
-            )
-        ).all()
-    # SQLite integers hold it; Postgres' 32-bit INTEGER refuses it, and then the event is left out, not mangled.
-    assert stored == [(2**40, 2**31)] or (stored == [] and writer.rejected == 1)
-    assert _count(engine) == 1 + len(stored)
+        stored = dict(conn.execute(select(UsageEventRow.event_id, UsageEventRow.input_tokens)).all())
+    assert stored == {big.event_id: 2**40, **{ev.event_id: ev.usage.input_tokens for ev in good}}
+    lines = [json.loads(line) for line in letters.path.read_text().splitlines()]
+    assert [line["r"]["row"]["event_id"] for line in lines] == [ev.event_id for ev in poison]
+    assert all("Overflow" in line["r"]["reason"] or "out of range" in line["r"]["reason"] for line in lines)
+    refusals = [r for r in caplog.records if "cannot be stored" in r.getMessage()]
+    assert len(refusals) == 1 and poison[0].event_id in refusals[0].getMessage()
 
 
-# --- the spool: nothing is lost while the database is away, locked, or the writer falls behind
+# --- the journal: nothing is lost while the database is away, locked, or the writer falls behind
 
 
-def _spool_count(engine) -> int:
-    from monitor.models import UsageEventRow as Row
-
-    with engine.connect() as conn:
-        return conn.execute(select(func.count()).select_from(Row)).scalar_one()
-
-
-def test_a_database_outage_goes_to_the_spool_and_is_replayed_once(private_postgres, tmp_path):
-    from monitor.spool import Spool
+def test_a_database_outage_waits_in_the_journal_and_is_written_once(private_postgres, tmp_path):
     from monitor.store import make_engine, upgrade
 
     upgrade(private_postgres.url)
     engine = make_engine(private_postgres.url, pool_pre_ping=True)
-    spool = Spool(tmp_path / "outage.spool")
+    journal = Journal(tmp_path / "journal").open()
     events = [_usage_event(i) for i in range(600)]
-    with EventWriter(engine, batch_size=100, flush_interval_s=0.05, retry_backoff_s=(0.05, 0.5), spool=spool) as w:
+    with EventWriter(engine, batch_size=100, flush_interval_s=0.05, retry_backoff_s=(0.05, 0.5), journal=journal) as w:
         for ev in events[:200]:
             w.submit(ev)
         assert w.flush(timeout=30)
         private_postgres.stop()
         for ev in events[200:500]:
             w.submit(ev)
-        assert w.flush(timeout=30), "flush returns once the events are safe in the spool"
-        assert w.spooled == 300 and spool.pending_bytes() > 0
+        assert w.flush(timeout=30), "flush returns once the events are safe in the journal"
+        assert w.deferred == 300
         private_postgres.start()
-        for ev in events[500:] + events[:50]:  # 50 replays of stored events, too
+        for ev in events[500:] + events[:50]:  # 50 repeats of stored events, too
             w.submit(ev)
-        assert _wait_for(lambda: spool.pending_bytes() == 0, timeout=30)
+        assert _wait_for(lambda: _count(engine) == 600, timeout=30)
         assert w.flush(timeout=30)
-    assert _spool_count(engine) == 600
     with engine.connect() as conn:
-        ids = set(conn.execute(select(UsageEventRow.event_id)).scalars())
-    assert ids == {e.event_id for e in events}
+        ids = list(conn.execute(select(UsageEventRow.event_id)).scalars())
+    assert sorted(ids) == sorted(e.event_id for e in events)
+    assert list((tmp_path / "journal").glob("*.jnl")) == []
     engine.dispose()
 
 
-def test_a_spool_left_by_a_crash_is_replayed_at_the_next_start(engine, tmp_path):
-    from monitor.spool import Spool
+_DIE_AFTER_APPENDING = """
+import os, sys
+from datetime import UTC, datetime
+from monitor.events import UsageEvent
+from monitor.journal import Journal
+from monitor.outcomes import Outcome
+from monitor.usage import Usage
+journal = Journal(sys.argv[1]).open()
+for i in range(int(sys.argv[2])):
+    ev = UsageEvent(ts=datetime.now(UTC), source="proxy", provider="zai", model="glm-4.7", vantage="t",
+                    outcome=Outcome.OK, usage=Usage(input_tokens=i, output_tokens=1))
+    journal.append(ev.table, ev.to_row())
+os.kill(os.getpid(), 9)
+"""
 
-    spool = Spool(tmp_path / "crash.spool")
-    left = [_usage_event(i) for i in range(40)]
-    spool.append("usage_events", [e.to_row() for e in left])
-    with EventWriter(engine, spool=spool) as w:
-        assert _wait_for(lambda: spool.pending_bytes() == 0)
+
+def test_a_journal_left_by_a_killed_process_is_written_at_the_next_start(engine, tmp_path):
+    directory = tmp_path / "journal"
+    died = subprocess.run([sys.executable, "-c", _DIE_AFTER_APPENDING, str(directory), "40"], check=False)
+    assert died.returncode == -9
+    assert len(list(directory.glob("*.jnl"))) == 1
+
+    with EventWriter(engine, journal=Journal(directory).open()) as w:
+        assert _wait_for(lambda: _count(engine) == 40)
         assert w.replayed == 40
-    assert _count(engine) == 40
+    assert list(directory.glob("*.jnl")) == []
 
 
-def test_a_locked_sqlite_database_spools_and_loses_nothing(sqlite_database, tmp_path):
-    from monitor.spool import Spool
+def test_past_max_queue_the_writer_reads_back_from_the_journal_instead_of_growing(sqlite_database, tmp_path):
     from monitor.store import make_engine, upgrade
 
     upgrade(sqlite_database)
     engine = make_engine(sqlite_database, sqlite_busy_timeout_ms=50)
-    spool = Spool(tmp_path / "locked.spool")
+    journal = Journal(tmp_path / "journal").open()
     locker = sqlite3.connect(str(tmp_path / "monitor.db"), timeout=0)
     try:
-        with EventWriter(engine, batch_size=50, flush_interval_s=0.05, retry_backoff_s=(0.05, 0.3), spool=spool) as w:
-            w.submit(_usage_event(0))
-            assert w.flush(timeout=30)  # the plans are built while the database is free
-            locker.execute("BEGIN EXCLUSIVE")
-            for i in range(1, 300):
-                w.submit(_usage_event(i))
-            assert w.flush(timeout=30)
-            assert w.spooled > 0
-            locker.rollback()
-            assert _wait_for(lambda: spool.pending_bytes() == 0, timeout=30)
-    finally:
-        locker.close()
-    assert _count(engine) == 300
-    engine.dispose()
-
-
-def test_past_max_queue_the_writer_spills_to_the_spool_instead_of_growing(sqlite_database, tmp_path):
-    from monitor.spool import Spool
-    from monitor.store import make_engine, upgrade
-
-    upgrade(sqlite_database)
-    engine = make_engine(sqlite_database, sqlite_busy_timeout_ms=50)
-    spool = Spool(tmp_path / "spill.spool")
-    locker = sqlite3.connect(str(tmp_path / "monitor.db"), timeout=0)
-    try:
-        with EventWriter(engine, batch_size=20, flush_interval_s=0.05, spool=spool, max_queue=100) as w:
+        with EventWriter(engine, batch_size=20, flush_interval_s=0.05, journal=journal, max_queue=100) as w:
             w.submit(_usage_event(0))
             assert w.flush(timeout=30)
             locker.execute("BEGIN EXCLUSIVE")
             for i in range(1, 5000):
                 w.submit(_usage_event(i))
             assert w.flush(timeout=60)
-            assert w.spooled >= 4000
+            assert w.deferred >= 4000
             locker.rollback()
-            assert _wait_for(lambda: spool.pending_bytes() == 0, timeout=60)
+            assert _wait_for(lambda: _count(engine) == 5000, timeout=60)
     finally:
         locker.close()
     assert _count(engine) == 5000
     engine.dispose()
+
+
+def test_an_unwritable_journal_is_one_line_of_alarm_and_memory_stays_bounded(sqlite_database, tmp_path, caplog):
+    """A journal directory that cannot be written: events are held in memory and still written whenever the
+    database can take them; with the database locked too, at most max_queue are held, the rest refused and
+    counted; stopping is prompt and says what was lost."""
+    from monitor.store import make_engine, upgrade
+
+    upgrade(sqlite_database)
+    engine = make_engine(sqlite_database, sqlite_busy_timeout_ms=20)
+    directory = tmp_path / "journal"
+    directory.mkdir()
+    journal = Journal(directory).open()
+    blocker = tmp_path / "not-a-directory"
+    blocker.write_text("")
+    journal.close()
+    journal.directory = blocker / "journal"  # mkdir fails: ENOTDIR, as a read-only disk would fail it
+    locker = sqlite3.connect(str(tmp_path / "monitor.db"), timeout=0)
+    w = EventWriter(
+        engine,
+        batch_size=50,
+        flush_interval_s=0.05,
+        retry_backoff_s=(0.02, 0.1),
+        journal=journal,
+        max_queue=200,
+        stop_grace_s=1,
+    )
+    try:
+        w.start()
+        for i in range(100):
+            w.submit(_usage_event(i))
+        assert w.flush(timeout=30)
+        assert _count(engine) == 100  # written straight from memory
+        locker.execute("BEGIN EXCLUSIVE")
+        for i in range(100, 2100):
+            w.submit(_usage_event(i))
+        assert _wait_for(lambda: w.lost > 0)
+        refused_while_running = w.lost
+        # at most max_queue wait in memory, plus one batch in each of the writer's two threads
+        assert refused_while_running >= 2000 - 200 - 2 * 50
+        started = time.monotonic()
+        w.close(timeout=30)
+        assert time.monotonic() - started < 10
+    finally:
+        locker.close()
+    assert _count(engine) + w.lost == 2100  # every event stored or counted as lost, none silently
+    engine.dispose()
+    alarms = [
+        r.getMessage() for r in caplog.records if "journal" in r.getMessage() and "held in memory" in r.getMessage()
+    ]
+    assert len(alarms) == 1 and str(blocker) in alarms[0]
+    assert all(r.exc_info is None for r in caplog.records)

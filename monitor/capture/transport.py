@@ -63,7 +63,7 @@ from monitor.redact import redact
 if TYPE_CHECKING:
     import httpx2
 
-    from monitor.config import Settings
+    from monitor.config import DatabaseSettings, Settings
     from monitor.events import Event
     from monitor.writer import EventWriter
 
@@ -370,39 +370,51 @@ class _ProviderIndex:
 
 _writers_lock = threading.Lock()
 _writers: dict[str, EventWriter] = {}
+_databases: dict[str, DatabaseSettings] = {}
 
 
-def _start_writer(engine: Any, url: str, prepare: Callable[[], None] | None = None) -> EventWriter:
+def _start_writer(engine: Any, db: DatabaseSettings, prepare: Callable[[], None] | None = None) -> EventWriter:
     from monitor.writer import open_writer
 
-    # The same spool as the daemon and the proxy of this database (appends and replays are flock-ed).
-    writer = open_writer(engine, url, prepare=prepare)
+    # The same journal directory as the daemon and the proxy of this database (each process has its own file).
+    writer = open_writer(
+        engine,
+        db.url,
+        journal_dir=db.journal_dir,
+        spool_path=db.spool_path,
+        max_queue=db.max_queue,
+        fsync_interval_s=db.fsync_interval,
+        prepare=prepare,
+    )
     atexit.register(writer.close, 30.0)
     return writer
 
 
-def _shared_writer(url: str) -> EventWriter:
-    """The process-wide writer for database ``url``: migrated (later, if the database is away: events are
-    spooled meanwhile), started, closed (flushed) at exit."""
+def _shared_writer(db: DatabaseSettings) -> EventWriter:
+    """The process-wide writer for database ``db.url``: migrated (later, if the database is away: events wait
+    in the journal meanwhile), started, closed (flushed) at exit."""
     from monitor.store import make_engine, upgrade_or_defer
 
     with _writers_lock:
-        writer = _writers.get(url)
+        writer = _writers.get(db.url)
         if writer is None:
-            prepare = upgrade_or_defer(url)
-            writer = _writers[url] = _start_writer(make_engine(url), url, prepare)
+            prepare = upgrade_or_defer(db.url)
+            writer = _writers[db.url] = _start_writer(make_engine(db.url), db, prepare)
+            _databases[db.url] = db
         return writer
 
 
 def _restart_writers_in_child() -> None:
     # A forked worker (gunicorn --preload, multiprocessing) inherits the writers but not their threads: give it
-    # threads and connections of its own, or its events would queue forever.
+    # threads, connections and a journal file of its own, or its events would queue forever.
     global _writers_lock
     _writers_lock = threading.Lock()
     for url, old in list(_writers.items()):
         old.engine.dispose(close=False)
+        if old.journal is not None:
+            old.journal.forget()  # the parent's file stays the parent's
         # A migration still waiting for the database (it was away at start) is the child's to run too.
-        _writers[url] = _start_writer(old.engine, url, old.pending_prepare)
+        _writers[url] = _start_writer(old.engine, _databases[url], old.pending_prepare)
 
 
 if hasattr(os, "register_at_fork"):
@@ -412,9 +424,9 @@ if hasattr(os, "register_at_fork"):
 class _SharedSink:
     """The default sink: the shared writer of one database, looked up per event so that it survives a fork."""
 
-    def __init__(self, url: str) -> None:
-        self.url = url
-        _shared_writer(url)
+    def __init__(self, db: DatabaseSettings) -> None:
+        self.url = db.url
+        _shared_writer(db)
 
     def submit(self, event: Event) -> None:
         _writers[self.url].submit(event)
@@ -462,7 +474,7 @@ class Recorder:
                 self.vantage = settings.vantage
             if catalog is None and settings is not None and settings.prices:
                 self.catalog = PriceCatalog(settings.prices)
-            self.sink = sink if sink is not None else _SharedSink(_settings(settings).database.url)
+            self.sink = sink if sink is not None else _SharedSink(_settings(settings).database)
         except Exception as exc:
             self.sink = None
             self.stats.failed("setup", exc)
