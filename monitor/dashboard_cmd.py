@@ -33,6 +33,7 @@ from typing import Any
 
 from monitor.config import Settings
 from monitor.errors import ConfigError
+from monitor.signals import StopRequested, stop_on_signals
 from monitor.store import describe_url, normalise_url
 
 __all__ = [
@@ -295,14 +296,18 @@ def serve(settings: Settings, *, host: str | None = None, port: int | None = Non
     shown = f"[{bind}]" if ":" in bind else bind
     print(f"dashboard: http://{shown}:{number} (database {describe_url(settings.database.url)})", flush=True)
     try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        with stop_on_signals(raise_=True):
+            return process.wait()
+    except (KeyboardInterrupt, StopRequested):
+        # SIGTERM as Ctrl-C: Streamlit is stopped with us, never left running on its own (a second signal
+        # meanwhile is only noted).
+        with stop_on_signals():
+            process.terminate()
+            try:
+                process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
         return 0
 
 

@@ -5,6 +5,7 @@ The batched writer lives in ``monitor.writer``.
 
 from __future__ import annotations
 
+import fcntl
 import importlib.util
 import logging
 import threading
@@ -13,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Connection, Engine, create_engine, event, inspect
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, InterfaceError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -114,13 +115,64 @@ def alembic_config(url: str) -> Any:
 
 
 def upgrade(url: str, revision: str = "head") -> None:
-    """Bring the database at ``url`` to ``revision`` (default: the newest). Raises ``StoreError`` on failure."""
+    """Bring the database at ``url`` to ``revision`` (default: the newest). Raises ``StoreError`` on failure.
+
+    Several processes may call this at once on one database: each migrates under a cross-process lock (a
+    Postgres advisory lock; a lock file beside a SQLite file), so the first does the work and the others find
+    the database already at ``revision``."""
+    _migrate(url, "upgrade", revision)
+
+
+def _migrate(url: str, direction: str, revision: str) -> None:
     from alembic import command
 
+    cfg = alembic_config(url)
+    engine = make_engine(url)
     try:
-        command.upgrade(alembic_config(url), revision)
+        with _migration_lock(engine) as conn:
+            cfg.attributes["connection"] = conn
+            getattr(command, direction)(cfg, revision)
+            conn.commit()
     except SQLAlchemyError as exc:
-        raise StoreError(f"could not migrate database {describe_url(url)}: {exc.__class__.__name__}: {exc}") from exc
+        raise StoreError(
+            f"could not {direction} database {describe_url(url)}: {exc.__class__.__name__}: {exc}"
+        ) from exc
+    finally:
+        engine.dispose()
+
+
+MIGRATION_LOCK_KEY = 0x676C6D2D6D6F6E
+"""The Postgres advisory lock migrations hold ("glm-mon" in ASCII)."""
+
+
+@contextmanager
+def _migration_lock(engine: Engine) -> Iterator[Connection]:
+    """A connection holding the cross-process migration lock of ``engine``'s database while the block runs."""
+    if engine.dialect.name == "postgresql":
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"SELECT pg_advisory_lock({MIGRATION_LOCK_KEY})")
+            conn.commit()
+            try:
+                yield conn
+            finally:
+                conn.rollback()
+                conn.exec_driver_sql(f"SELECT pg_advisory_unlock({MIGRATION_LOCK_KEY})")
+                conn.commit()
+        return
+    database = engine.url.database
+    lock_path = Path(database + ".migrate-lock") if database and database != ":memory:" else None
+    if lock_path is None:
+        with engine.connect() as conn:
+            yield conn
+        return
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        try:
+            with engine.connect() as conn:
+                yield conn
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
 
 
 def unreachable(exc: BaseException) -> bool:
@@ -139,7 +191,7 @@ def upgrade_or_defer(url: str) -> Callable[[], None] | None:
     later (None when done now).
 
     Give the step to ``EventWriter(prepare=...)``: a daemon, proxy or SDK started while the database is away then
-    records into the spool and, once the database answers, migrates it before replaying. Other failures (a
+    records into the journal and, once the database answers, migrates it before writing. Other failures (a
     broken schema, a revision we do not know) raise ``StoreError`` at once.
     """
     try:
@@ -149,7 +201,7 @@ def upgrade_or_defer(url: str) -> Callable[[], None] | None:
         if not unreachable(exc):
             raise
         log.warning(
-            "database %s unreachable (%s): recording to the spool; it will be migrated and filled when it is back",
+            "database %s unreachable (%s): recording to the journal; it will be migrated and filled when it is back",
             describe_url(url),
             type(exc.__cause__).__name__,
         )
@@ -165,13 +217,8 @@ def upgrade_or_defer(url: str) -> Callable[[], None] | None:
 
 
 def downgrade(url: str, revision: str = "base") -> None:
-    """Take the database at ``url`` down to ``revision`` (default: empty)."""
-    from alembic import command
-
-    try:
-        command.downgrade(alembic_config(url), revision)
-    except SQLAlchemyError as exc:
-        raise StoreError(f"could not downgrade database {describe_url(url)}: {exc}") from exc
+    """Take the database at ``url`` down to ``revision`` (default: empty), under the migration lock."""
+    _migrate(url, "downgrade", revision)
 
 
 def current_revision(engine: Engine) -> str | None:

@@ -1,14 +1,15 @@
-"""Never losing a record: 2,000 requests through the proxy while the database is away for part of the run,
-then the proxy killed with SIGKILL and started again. The database ends with exactly 2,000 events."""
+"""Never losing a record, tested from outside: `glm-monitor proxy` in its own process, clients that count what
+they saw complete, SIGTERM right after a burst, SIGKILL in the middle of one (database up, down or locked), then
+a restart. Every request a client saw complete is stored, and none twice."""
 
 from __future__ import annotations
 
-import os
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -42,19 +43,22 @@ def sim():
 
 
 class Proxy:
-    """`glm-monitor proxy` as a user runs it, in its own process."""
+    """`glm-monitor proxy` as a user runs it, in its own process (its output kept in a log file)."""
 
     def __init__(self, config: Path, port: int) -> None:
         self.config, self.port = config, port
         self.proc: subprocess.Popen[str] | None = None
+        self.log = config.with_suffix(".log")
+        self.returncodes: list[int] = []
 
     def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor.cli", "--config", str(self.config), "proxy", "--port", str(self.port)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
+        with open(self.log, "a") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "monitor.cli", "--config", str(self.config), "proxy", "--port", str(self.port)],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
         end = time.monotonic() + 60
         while time.monotonic() < end:
             try:
@@ -64,39 +68,83 @@ class Proxy:
                 time.sleep(0.1)
         raise AssertionError("the proxy did not start")
 
-    def kill(self) -> None:
+    def signal(self, sig: int, timeout: float = 60) -> int:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(10)
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout)
+        self.returncodes.append(code)
+        return code
 
     def stop(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            self.proc.wait(30)
+            self.signal(signal.SIGTERM)
+
+
+def post(client: httpx.Client, port: int, i: int, app: str) -> int:
+    body = {"model": "glm-4.7", "messages": [{"role": "user", "content": f"hi {i}"}], "stream": i % 3 == 0}
+    r = client.post(
+        f"http://127.0.0.1:{port}/zai/chat/completions",
+        json=body,
+        headers={"Authorization": "Bearer k", "X-Monitor-App": app},
+    )
+    return r.status_code
 
 
 def send(port: int, start: int, stop: int) -> None:
     client = httpx.Client(timeout=30, limits=httpx.Limits(max_connections=8))
-
-    def one(i: int) -> int:
-        body = {"model": "glm-4.7", "messages": [{"role": "user", "content": f"hi {i}"}], "stream": i % 3 == 0}
-        r = client.post(
-            f"http://127.0.0.1:{port}/zai/chat/completions",
-            json=body,
-            headers={"Authorization": "Bearer k", "X-Monitor-App": "no-loss"},
-        )
-        return r.status_code
-
     with client, ThreadPoolExecutor(8) as pool:
-        statuses = list(pool.map(one, range(start, stop)))
+        statuses = list(pool.map(lambda i: post(client, port, i, "no-loss"), range(start, stop)))
     assert statuses == [200] * (stop - start)
 
 
-def spooled_lines(path: Path) -> int:
-    try:
-        return path.read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return 0
+class CountingClients:
+    """Eight clients sending requests until stopped, each request under its own app name; ``completed`` holds
+    the names of the requests whose whole response a client received."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.completed: set[str] = set()
+        self.sent = 0
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(n,)) for n in range(8)]
+
+    def __enter__(self) -> CountingClients:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(60)
+
+    def _run(self, n: int) -> None:
+        with httpx.Client(timeout=10) as client:
+            i = 0
+            while not self._stop.is_set() and i < 5000:
+                name = f"r{n}-{i}"
+                i += 1
+                with self._lock:
+                    self.sent += 1
+                try:
+                    # httpx reads the whole body before returning: a 200 here is a response seen complete.
+                    status = post(client, self.port, i, name)
+                except httpx.HTTPError:
+                    continue
+                if status == 200:
+                    with self._lock:
+                        self.completed.add(name)
+
+    def wait_for(self, completed: int, timeout: float = 60) -> None:
+        end = time.monotonic() + timeout
+        while len(self.completed) < completed and time.monotonic() < end:
+            time.sleep(0.01)
+        assert len(self.completed) >= completed
+
+
+def journal_lines(directory: Path) -> int:
+    return sum(p.read_bytes().count(b"\n") for p in directory.glob("*.jnl"))
 
 
 def wait_for(predicate, timeout=60.0, what="condition") -> None:
@@ -108,10 +156,10 @@ def wait_for(predicate, timeout=60.0, what="condition") -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def write_config(tmp_path: Path, url: str, sim: SimServer, spool: Path) -> Path:
+def write_config(tmp_path: Path, url: str, sim: SimServer, journal: Path) -> Path:
     config = tmp_path / "proxy.toml"
     config.write_text(
-        f'[database]\nurl = "{url}"\nspool_path = "{spool}"\n\n'
+        f'[database]\nurl = "{url}"\njournal_dir = "{journal}"\n\n'
         f'[providers.zai]\nbase_url = "{sim.base_url}/api/paas/v4"\n'
     )
     return config
@@ -135,71 +183,13 @@ def distinct_requests(url: str) -> int:
         engine.dispose()
 
 
-def test_postgres_stopped_then_proxy_killed_loses_nothing(tmp_path, sim, private_postgres):
-    url = private_postgres.url
-    upgrade(url)
-    spool = tmp_path / "events.spool"
-    proxy = Proxy(write_config(tmp_path, url, sim, spool), free_port())
-    proxy.start()
+def stored_apps(url: str) -> list[str]:
+    engine = make_engine(url)
     try:
-        send(proxy.port, 0, TOTAL // 2)
-        wait_for(lambda: count(url) == TOTAL // 2, what="the first half stored")
-        private_postgres.stop()
-        send(proxy.port, TOTAL // 2, TOTAL)
-        wait_for(lambda: spooled_lines(spool) >= TOTAL // 2, what="the second half spooled")
-        proxy.kill()  # no flush, no goodbye
-        private_postgres.start()
-        proxy.start()  # replays the spool it finds
-        wait_for(lambda: count(url) == TOTAL, what="the spool replayed")
+        with engine.connect() as conn:
+            return list(conn.execute(select(UsageEventRow.app)).scalars())
     finally:
-        proxy.stop()
-    assert count(url) == TOTAL == distinct_requests(url)
-
-
-def test_sqlite_locked_by_another_writer_then_proxy_killed_loses_nothing(tmp_path, sim):
-    db = tmp_path / "proxy.db"
-    url = f"sqlite:///{db}"
-    upgrade(url)
-    spool = tmp_path / "events.spool"
-    proxy = Proxy(write_config(tmp_path, url, sim, spool), free_port())
-    proxy.start()
-    locker = sqlite3.connect(str(db), timeout=0)
-    try:
-        send(proxy.port, 0, TOTAL // 2)
-        wait_for(lambda: count(url) == TOTAL // 2, what="the first half stored")
-        locker.execute("BEGIN EXCLUSIVE")  # another writer holds the database
-        send(proxy.port, TOTAL // 2, TOTAL)
-        wait_for(lambda: spooled_lines(spool) >= TOTAL // 2, what="the second half spooled")
-        proxy.kill()
-        locker.rollback()
-        proxy.start()
-        wait_for(lambda: count(url) == TOTAL, what="the spool replayed")
-    finally:
-        locker.close()
-        proxy.stop()
-    assert count(url) == TOTAL == distinct_requests(url)
-    assert os.path.getsize(spool) == 0
-
-
-def test_proxy_started_while_postgres_is_down_records_to_the_spool_and_migrates_it_later(
-    tmp_path, sim, private_postgres
-):
-    """A blank database that is down when the proxy starts: the proxy serves anyway, spools, and once the
-    database is back it migrates it and writes every request."""
-    url = private_postgres.url
-    private_postgres.stop()
-    spool = tmp_path / "events.spool"
-    proxy = Proxy(write_config(tmp_path, url, sim, spool), free_port())
-    proxy.start()
-    try:
-        assert proxy.proc is not None and proxy.proc.poll() is None  # did not exit for want of a database
-        send(proxy.port, 0, 300)
-        wait_for(lambda: spooled_lines(spool) >= 300, what="the requests spooled")
-        private_postgres.start()
-        wait_for(lambda: _count_or_none(url) == 300, what="the database migrated and the spool replayed")
-    finally:
-        proxy.stop()
-    assert count(url) == 300 == distinct_requests(url)
+        engine.dispose()
 
 
 def _count_or_none(url: str) -> int | None:
@@ -208,3 +198,157 @@ def _count_or_none(url: str) -> int | None:
         return count(url)
     except Exception:
         return None
+
+
+# --- SIGTERM: what was recorded is stored, and the exit code is 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_sigterm_right_after_a_burst_stores_every_request_and_exits_0(tmp_path, sim, backend, request):
+    url = (
+        f"sqlite:///{tmp_path / 'proxy.db'}" if backend == "sqlite" else request.getfixturevalue("private_postgres").url
+    )
+    upgrade(url)
+    proxy = Proxy(write_config(tmp_path, url, sim, tmp_path / "journal"), free_port())
+    proxy.start()
+    send(proxy.port, 0, 300)
+    assert proxy.signal(signal.SIGTERM) == 0  # at once: nothing waited for the events to be stored
+    assert count(url) == 300 == distinct_requests(url)
+    assert list((tmp_path / "journal").glob("*.jnl")) == []  # a clean stop leaves nothing to replay
+
+
+def test_ctrl_c_stores_every_request_and_exits_0(tmp_path, sim):
+    url = f"sqlite:///{tmp_path / 'proxy.db'}"
+    proxy = Proxy(write_config(tmp_path, url, sim, tmp_path / "journal"), free_port())
+    proxy.start()
+    send(proxy.port, 0, 100)
+    assert proxy.signal(signal.SIGINT) == 0
+    assert count(url) == 100
+
+
+def test_sigterm_with_the_database_away_leaves_the_events_in_the_journal_and_says_how_many(
+    tmp_path, sim, private_postgres
+):
+    url = private_postgres.url
+    upgrade(url)
+    proxy = Proxy(write_config(tmp_path, url, sim, tmp_path / "journal"), free_port())
+    proxy.start()
+    private_postgres.stop()
+    send(proxy.port, 0, 200)
+    assert proxy.signal(signal.SIGTERM) == 0
+    assert "200 events are left in the journal" in proxy.log.read_text()
+    assert journal_lines(tmp_path / "journal") == 200
+    private_postgres.start()
+    proxy.start()  # the next start writes them
+    wait_for(lambda: count(url) == 200, what="the journal replayed")
+    proxy.stop()
+    assert count(url) == 200 == distinct_requests(url)
+
+
+# --- SIGKILL in the middle of a burst: every request a client saw complete is stored, none twice
+
+
+def _killed_mid_burst(proxy: Proxy, url: str, *, after: int) -> set[str]:
+    with CountingClients(proxy.port) as clients:
+        clients.wait_for(after)
+        assert proxy.signal(signal.SIGKILL) == -9  # no flush, no goodbye, clients still sending
+    return set(clients.completed)
+
+
+def _assert_all_stored_once(url: str, completed: set[str]) -> None:
+    apps = [app for app in stored_apps(url) if app != "no-loss"]  # the warm-up requests share one name
+    assert len(apps) == len(set(apps)), "a request was stored twice"
+    missing = completed - set(apps)
+    assert not missing, f"{len(missing)} requests seen complete were lost, e.g. {sorted(missing)[:3]}"
+
+
+def test_kill_9_mid_burst_with_the_database_up(tmp_path, sim):
+    url = f"sqlite:///{tmp_path / 'proxy.db'}"
+    upgrade(url)
+    proxy = Proxy(write_config(tmp_path, url, sim, tmp_path / "journal"), free_port())
+    proxy.start()
+    completed = _killed_mid_burst(proxy, url, after=400)
+    proxy.start()  # adopts what the killed process left in the journal
+    wait_for(lambda: set(stored_apps(url)) >= completed, what="the journal replayed")
+    proxy.stop()
+    _assert_all_stored_once(url, completed)
+    assert len(completed) >= 400
+
+
+def test_kill_9_mid_burst_with_postgres_down(tmp_path, sim, private_postgres):
+    url = private_postgres.url
+    upgrade(url)
+    proxy = Proxy(write_config(tmp_path, url, sim, tmp_path / "journal"), free_port())
+    proxy.start()
+    private_postgres.stop()
+    completed = _killed_mid_burst(proxy, url, after=300)
+    private_postgres.start()
+    proxy.start()
+    wait_for(lambda: set(stored_apps(url)) >= completed, what="the journal replayed")
+    proxy.stop()
+    _assert_all_stored_once(url, completed)
+
+
+def test_kill_9_mid_burst_with_sqlite_locked(tmp_path, sim):
+    db = tmp_path / "proxy.db"
+    url = f"sqlite:///{db}"
+    upgrade(url)
+    proxy = Proxy(write_config(tmp_path, url, sim, tmp_path / "journal"), free_port())
+    proxy.start()
+    locker = sqlite3.connect(str(db), timeout=0)
+    try:
+        send(proxy.port, 0, 50)
+        wait_for(lambda: count(url) == 50, what="the first requests stored")
+        locker.execute("BEGIN EXCLUSIVE")  # another writer holds the database
+        completed = _killed_mid_burst(proxy, url, after=300)
+        locker.rollback()
+    finally:
+        locker.close()
+    proxy.start()
+    wait_for(lambda: set(stored_apps(url)) >= completed, what="the journal replayed")
+    proxy.stop()
+    _assert_all_stored_once(url, completed)
+    assert stored_apps(url).count("no-loss") == 50
+
+
+def test_postgres_stopped_then_proxy_killed_loses_nothing(tmp_path, sim, private_postgres):
+    url = private_postgres.url
+    upgrade(url)
+    journal = tmp_path / "journal"
+    proxy = Proxy(write_config(tmp_path, url, sim, journal), free_port())
+    proxy.start()
+    try:
+        send(proxy.port, 0, TOTAL // 2)
+        wait_for(lambda: count(url) == TOTAL // 2, what="the first half stored")
+        private_postgres.stop()
+        send(proxy.port, TOTAL // 2, TOTAL)
+        proxy.signal(signal.SIGKILL)  # no flush, no goodbye
+        assert journal_lines(journal) >= TOTAL // 2
+        private_postgres.start()
+        proxy.start()  # replays the journal it finds
+        wait_for(lambda: count(url) == TOTAL, what="the journal replayed")
+    finally:
+        proxy.stop()
+    assert count(url) == TOTAL == distinct_requests(url)
+
+
+def test_proxy_started_while_postgres_is_down_records_to_the_journal_and_migrates_it_later(
+    tmp_path, sim, private_postgres
+):
+    """A blank database that is down when the proxy starts: the proxy serves anyway, journals, and once the
+    database is back it migrates it and writes every request."""
+    url = private_postgres.url
+    private_postgres.stop()
+    journal = tmp_path / "journal"
+    proxy = Proxy(write_config(tmp_path, url, sim, journal), free_port())
+    proxy.start()
+    try:
+        assert proxy.proc is not None and proxy.proc.poll() is None  # did not exit for want of a database
+        send(proxy.port, 0, 300)
+        assert journal_lines(journal) == 300
+        private_postgres.start()
+        wait_for(lambda: _count_or_none(url) == 300, what="the database migrated and the journal written")
+    finally:
+        proxy.stop()
+    assert count(url) == 300 == distinct_requests(url)
+    assert proxy.returncodes == [0]

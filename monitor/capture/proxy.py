@@ -54,6 +54,7 @@ from monitor.config import Settings
 from monitor.pricing import PriceCatalog
 from monitor.providers import Provider
 from monitor.redact import redact
+from monitor.signals import stop_on_signals
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -449,12 +450,15 @@ class ProxyApp:
             exchange.response_started(status, _header_text(raw))
             readable, decode = body_decoder(encoding.encode("latin-1"))
         head = response_headers(raw, keep_length=usage_filter is None)
+        # A client that was told the body's length sees the response complete with its last byte, before the
+        # end of the body is signalled: the exchange is recorded before that byte goes out.
+        left = response.content_length if usage_filter is None and exchange is not None else None
+        if left == 0 and exchange is not None:
+            exchange.finish()
         await send({"type": "http.response.start", "status": status, "headers": head})
         try:
             async for chunk in response.content.iter_any():
                 data = usage_filter.feed(chunk) if usage_filter is not None else chunk
-                if data:
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
                 if exchange is not None and readable:
                     if decode is None:
                         exchange.feed(chunk)
@@ -464,6 +468,12 @@ class ProxyApp:
                         except Exception as exc:  # a body that will not decode: relay it, stop reading it
                             self.stats.failed("decode", exc)
                             readable = False
+                if left is not None:
+                    left -= len(chunk)
+                    if left <= 0 and exchange is not None:
+                        exchange.finish()
+                if data:
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
         except _UPSTREAM_ERRORS as exc:
             if exchange is not None:
                 exchange.finish(error=exc)
@@ -473,9 +483,11 @@ class ProxyApp:
             raise _UpstreamBroke(type(exc).__name__) from None
         tail = usage_filter.finish() if usage_filter is not None else b""
         watch.finished = True
-        await send({"type": "http.response.body", "body": tail, "more_body": False})
         if exchange is not None:
+            # Recorded (in the journal) before the client can see the response end: a proxy killed right after
+            # still has every request its clients saw complete.
             exchange.finish()
+        await send({"type": "http.response.body", "body": tail, "more_body": False})
 
     async def _upstream_failed(self, route: Route, exc: BaseException, send: Send) -> None:
         where = f"{route.scheme}://{route.host}:{route.port}"
@@ -597,7 +609,10 @@ def serve(settings: Settings, sink: Sink, host: str | None = None, port: int | N
     bind_host = host if host is not None else settings.proxy.host
     bind_port = port if port is not None else settings.proxy.port
     log.info("proxy routes: %s", ", ".join(f"/{name.decode()}" for name in app.routes.routes))
-    uvicorn.Server(_uvicorn_config(app, host=bind_host, port=bind_port, log_level="info")).run()
+    # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again so the process would die by
+    # it before the caller flushes what was recorded: noted instead, so the caller returns and exits 0.
+    with stop_on_signals():
+        uvicorn.Server(_uvicorn_config(app, host=bind_host, port=bind_port, log_level="info")).run()
 
 
 class ProxyServer:
