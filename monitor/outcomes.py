@@ -58,6 +58,7 @@ from typing import Any
 import httpx
 
 from monitor.redact import redact
+from monitor.usage import Usage
 
 
 class Outcome(enum.StrEnum):
@@ -74,6 +75,8 @@ class Outcome(enum.StrEnum):
     SERVER_ERROR = "server_error"
     TIMEOUT = "timeout"
     NETWORK_ERROR = "network_error"
+    INVALID_USAGE = "invalid_usage"
+    """The provider answered but reported a token count no response can have: recorded without a price."""
 
     @property
     def throttled(self) -> bool:
@@ -102,10 +105,29 @@ __all__ = [
     "classify",
     "classify_exception",
     "classify_stream_end",
+    "invalid_usage",
     "outcome_for_status",
 ]
 
 MAX_MESSAGE_CHARS = 500
+
+
+def invalid_usage(verdict: Classification, usage: Usage) -> tuple[Classification, Usage]:
+    """For an answer whose usage reports an impossible count: the ``invalid_usage`` verdict saying which, and the
+    usage without its counts (none of them can be trusted, so none is summed or priced). Else both unchanged."""
+    if usage.invalid is None or verdict.outcome != Outcome.OK:
+        return verdict, usage
+    message = f"the response reported an impossible token count ({usage.invalid}): recorded without tokens or price"
+    kept = Usage(
+        model=usage.model,
+        request_id=usage.request_id,
+        finish_reason=usage.finish_reason,
+        complete=usage.complete,
+        invalid=usage.invalid,
+    )
+    return Classification(Outcome.INVALID_USAGE, message=redact(message)), kept
+
+
 # Zhipu states reset times as naive Beijing wall-clock times.
 _BEIJING = timezone(timedelta(hours=8), "UTC+8")
 _MAX_CODE_CHARS = 64

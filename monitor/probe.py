@@ -13,16 +13,24 @@ import json
 import time
 import uuid
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 
 from monitor.events import ProbeResult, UsageEvent
-from monitor.outcomes import Classification, Outcome, classify, classify_exception, classify_stream_end
+from monitor.outcomes import (
+    Classification,
+    Outcome,
+    classify,
+    classify_exception,
+    classify_stream_end,
+    invalid_usage,
+)
 from monitor.pricing import PriceCatalog, default_catalog
 from monitor.providers import Endpoint, Provider
+from monitor.redact import credentials, mask_values
 from monitor.usage import Usage, UsageParser
 
 # Probe answers are a few hundred bytes; keep up to this much of the body to classify error bodies.
@@ -168,7 +176,20 @@ async def run_probe(
     if failure is None:
         assert status is not None
         failure = classify_stream_end(classify(status, resp_headers, bytes(kept)), usage.finish_reason)
+        failure, usage = invalid_usage(failure, usage)
+    failure = _masked(failure, credentials(headers.items()))
     return _result(target, ts, timings, usage, status, failure, catalog or default_catalog())
+
+
+def _masked(verdict: Classification, secrets: tuple[str, ...]) -> Classification:
+    """``verdict`` with the probe's own key masked by value in its message and code (an upstream may echo it)."""
+    if not secrets or (verdict.message is None and verdict.error_code is None):
+        return verdict
+    return replace(
+        verdict,
+        message=mask_values(verdict.message, secrets) if verdict.message else None,
+        error_code=mask_values(verdict.error_code, secrets) if verdict.error_code else None,
+    )
 
 
 def _result(

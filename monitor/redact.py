@@ -8,9 +8,9 @@ Zhipu ``<id>.<secret>`` keys, ``api_key=...`` parameters, JWTs, passwords in URL
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
-__all__ = ["MASK", "redact", "redact_headers"]
+__all__ = ["MASK", "credentials", "mask_values", "redact", "redact_headers"]
 
 MASK = "***"
 
@@ -38,6 +38,12 @@ _ZHIPU_KEY = re.compile(r"(?<![A-Za-z0-9.])[A-Za-z0-9]{32}\.[A-Za-z0-9]{16}(?![A
 _JWT = re.compile(r"(?<![A-Za-z0-9_\-])eyJ[A-Za-z0-9_\-]{8,}(?:\.[A-Za-z0-9_\-]+){1,2}")
 # Passwords in URLs: scheme://user:password@host.
 _URL_PASSWORD = re.compile(r"(://[^/\s:@]+:)(?!\*\*\*@)[^/\s@]+@")
+# Credentials in URL query parameters (?key=..., &token=..., signed URLs' sig=): names too short or common for
+# _KEY_VALUE, so only after ? & or ;.
+_QUERY_SECRET = re.compile(
+    r"(?i)([?&;](?:key|token|apikey|api_key|access_token|auth|signature|sig|x-amz-signature)=)(?!\*\*\*)"
+    r"([^&;\s\"'#<>]+)"
+)
 
 
 def _keep_group1(match: re.Match[str]) -> str:
@@ -64,6 +70,7 @@ _RULES: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], str]], ...] = (
     (_ZHIPU_KEY, _whole),
     (_JWT, _whole),
     (_URL_PASSWORD, _url_password),
+    (_QUERY_SECRET, _keep_group1),
 )
 
 # Header names whose whole value is a credential; names matching _SECRET_NAME are masked as well.
@@ -94,6 +101,47 @@ def redact(text: str) -> str:
         for pattern, replace in _RULES:
             text = pattern.sub(replace, text)
         return text
+    except Exception:
+        return MASK
+
+
+MIN_SECRET_CHARS = 8
+"""A credential shorter than this is not masked by value (it would mask ordinary words); shapes still apply."""
+
+_CREDENTIAL_HEADERS = frozenset({b"authorization", b"x-api-key", b"api-key", b"x-goog-api-key", b"x-auth-token"})
+_QUERY_CREDENTIAL = re.compile(r"(?i)(?:^|[?&;])(?:key|token|apikey|api_key|access_token)=([^&#]+)")
+
+
+def credentials(headers: Iterable[tuple[bytes | str, bytes | str]], query: bytes | str = b"") -> tuple[str, ...]:
+    """The credentials a request carries, to be masked by value wherever its answer is stored or shown: the values
+    of ``Authorization`` (without its scheme), ``x-api-key`` and similar headers, and of ``key=``/``token=``
+    query parameters. Never raises (an empty tuple at worst)."""
+    found: list[str] = []
+    try:
+        for name, value in headers:
+            raw_name = name.lower() if isinstance(name, bytes) else name.lower().encode("latin-1")
+            if raw_name not in _CREDENTIAL_HEADERS:
+                continue
+            text = value.decode("latin-1") if isinstance(value, bytes) else value
+            text = _SCHEME_PREFIX.sub("", text).strip()
+            if len(text) >= MIN_SECRET_CHARS:
+                found.append(text)
+        q = query.decode("latin-1") if isinstance(query, bytes) else query
+        if q:
+            found.extend(m for m in _QUERY_CREDENTIAL.findall(q) if len(m) >= MIN_SECRET_CHARS)
+    except Exception:
+        return tuple(found)
+    return tuple(found)
+
+
+def mask_values(text: str, secrets: Iterable[str]) -> str:
+    """``text`` with every occurrence of each of ``secrets`` (the exact credentials a request carried, as given
+    by :func:`credentials`) masked, then :func:`redact` for every secret of a known shape. Never raises."""
+    try:
+        for secret in secrets:
+            if len(secret) >= MIN_SECRET_CHARS and secret in text:
+                text = text.replace(secret, MASK)
+        return redact(text)
     except Exception:
         return MASK
 

@@ -46,7 +46,13 @@ class Usage:
     images: int | None = None
     complete: bool = True
     reported_cost: Decimal | None = None
+    invalid: str | None = None
+    """Set when the response reported a count no real response can have (negative, fractional, not a number,
+    above ``MAX_TOKENS``): which one, e.g. ``"prompt_tokens=1e+300"``. Such usage is recorded, never priced."""
 
+
+MAX_TOKENS: Final = 10**9
+"""The most tokens (or images) one request can report; a larger count is taken as garbage, not as usage."""
 
 MAX_BODY_BYTES: Final = 8 << 20
 """Default cap on a JSON (non-SSE) body, which must be buffered whole to be parsed: 8 MiB."""
@@ -126,6 +132,7 @@ class UsageParser:
         "_head",
         "_images",
         "_input",
+        "_invalid",
         "_lines",
         "_message_stop",
         "_mode",
@@ -189,6 +196,7 @@ class UsageParser:
         self._done = False
         self._message_stop = False
         self._first_token = False
+        self._invalid: str | None = None
 
     @property
     def discarded(self) -> int:
@@ -254,6 +262,7 @@ class UsageParser:
             images=self._images,
             complete=complete,
             reported_cost=self._reported_cost,
+            invalid=self._invalid,
         )
         return self._result
 
@@ -389,21 +398,21 @@ class UsageParser:
                         self._first_token = True
         usage = obj.get("usage")
         if isinstance(usage, dict):
-            prompt = _count(usage.get("prompt_tokens"))
-            completion = _count(usage.get("completion_tokens"))
+            prompt = self._n(usage, "prompt_tokens")
+            completion = self._n(usage, "completion_tokens")
             # Responses-API / image-API spelling, used by some openai-compatible servers.
             if prompt is None:
-                prompt = _count(usage.get("input_tokens"))
+                prompt = self._n(usage, "input_tokens")
             if completion is None:
-                completion = _count(usage.get("output_tokens"))
+                completion = self._n(usage, "output_tokens")
             prompt_details = _first_dict(usage, "prompt_tokens_details", "input_tokens_details")
             output_details = _first_dict(usage, "completion_tokens_details", "output_tokens_details")
             self._take_counts(
                 prompt,
                 completion,
-                _count(prompt_details.get("cached_tokens")),
-                _count(prompt_details.get("cache_write_tokens")),
-                _count(output_details.get("reasoning_tokens")),
+                self._n(prompt_details, "cached_tokens"),
+                self._n(prompt_details, "cache_write_tokens"),
+                self._n(output_details, "reasoning_tokens"),
             )
             cost = _amount(usage.get("cost"))
             if cost is not None:
@@ -462,10 +471,10 @@ class UsageParser:
     def _anthropic_usage(self, usage: dict[str, Any]) -> bool:
         """Take an anthropic usage object; True when it held a count."""
         return self._take_counts(
-            _count(usage.get("input_tokens")),
-            _count(usage.get("output_tokens")),
-            _count(usage.get("cache_read_input_tokens")),
-            _count(usage.get("cache_creation_input_tokens")),
+            self._n(usage, "input_tokens"),
+            self._n(usage, "output_tokens"),
+            self._n(usage, "cache_read_input_tokens"),
+            self._n(usage, "cache_creation_input_tokens"),
             None,
         )
 
@@ -496,17 +505,25 @@ class UsageParser:
             prompt_details = _first_dict(usage, "prompt_tokens_details", "input_tokens_details")
             output_details = _first_dict(usage, "output_tokens_details", "completion_tokens_details")
             self._take_counts(
-                _count(usage.get("input_tokens")),
-                _count(usage.get("output_tokens")),
-                _count(prompt_details.get("cached_tokens")),
+                self._n(usage, "input_tokens"),
+                self._n(usage, "output_tokens"),
+                self._n(prompt_details, "cached_tokens"),
                 None,
-                _count(output_details.get("reasoning_tokens")),
+                self._n(output_details, "reasoning_tokens"),
             )
-            images = _count(usage.get("image_count"))
+            images = self._n(usage, "image_count")
             if images is not None:
                 self._images = images
 
     # -- field updates ---------------------------------------------------------------------------------------
+
+    def _n(self, obj: dict[str, Any], key: str) -> int | None:
+        """The count ``obj[key]``, or None; a value present but impossible is noted in ``invalid`` (the first)."""
+        value = obj.get(key)
+        count = _count(value)
+        if count is None and value is not None and self._invalid is None:
+            self._invalid = f"{key}={value!r}"[:80]
+        return count
 
     def _take_counts(
         self,
@@ -563,12 +580,12 @@ def _holds(line: bytes, key: bytes, null: bytes) -> bool:
 
 
 def _count(value: Any) -> int | None:
-    """A token count: a non-negative integer (an integral float is accepted), else None."""
+    """A token count: an integer from 0 to ``MAX_TOKENS`` (an integral float is accepted), else None."""
     if isinstance(value, bool):
         return None
     if isinstance(value, int):
-        return value if value >= 0 else None
-    if isinstance(value, float) and value.is_integer() and value >= 0:
+        return value if 0 <= value <= MAX_TOKENS else None
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_TOKENS:
         return int(value)
     return None
 

@@ -149,6 +149,13 @@ class FixtureServer:
 def run_fixture_server() -> Iterator[FixtureServer]:
     """Serve a :class:`FixtureApp` on 127.0.0.1 (ephemeral port) in a thread for the ``with`` block."""
     app = FixtureApp()
+    with serve_asgi(app) as url:
+        yield FixtureServer(app, url)
+
+
+@contextmanager
+def serve_asgi(app: Any) -> Iterator[str]:
+    """Serve the ASGI ``app`` on 127.0.0.1 (ephemeral port) in a thread for the ``with`` block; yields its origin."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
@@ -159,10 +166,10 @@ def run_fixture_server() -> Iterator[FixtureServer]:
     deadline = time.monotonic() + 10
     while not server.started:
         if time.monotonic() > deadline:
-            raise RuntimeError("the fixture server did not start")
+            raise RuntimeError("the server did not start")
         time.sleep(0.002)
     try:
-        yield FixtureServer(app, f"http://127.0.0.1:{port}")
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         thread.join(10)

@@ -172,3 +172,27 @@ def test_keys_embedded_in_arbitrary_text_never_survive(
     for key in (f"sk-{body}", f"{zhipu_id}.{zhipu_secret}"):
         assert key not in redact(f"{prefix} {key} {suffix}")
         assert key not in redact(f"{prefix}\nAuthorization: Bearer {key}\n{suffix}")
+
+
+def test_credentials_in_query_parameters_are_masked():
+    from monitor.redact import redact
+
+    text = "GET https://x.example/v1/models?key=AbCdEf123456&alt=json&token=zzzzyyyyxxxx;sig=abcdef0123 failed"
+    out = redact(text)
+    assert "AbCdEf123456" not in out and "zzzzyyyyxxxx" not in out and "abcdef0123" not in out
+    assert "?key=***&alt=json&token=***;sig=*** failed" in out
+
+
+def test_the_exact_credential_a_request_carried_is_masked_by_value_whatever_its_shape():
+    from monitor.redact import credentials, mask_values
+
+    secret = "Zq8wNotAKnownShape94f1c2"
+    found = credentials(
+        [(b"Authorization", f"Bearer {secret}".encode()), (b"x-api-key", b"other-credential-7"), (b"accept", b"*/*")],
+        b"key=query-credential-99&x=1",
+    )
+    assert found == (secret, "other-credential-7", "query-credential-99")
+    text = f"Incorrect API key provided: {secret}; also other-credential-7 and Bearer {secret}"
+    assert mask_values(text, found) == "Incorrect API key provided: ***; also *** and Bearer ***"
+    # too short to mask by value without eating ordinary words
+    assert credentials([("authorization", "Bearer abc")]) == ()

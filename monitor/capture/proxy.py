@@ -53,7 +53,7 @@ from monitor.capture.upstream import (
 from monitor.config import Settings
 from monitor.pricing import PriceCatalog
 from monitor.providers import Provider
-from monitor.redact import redact
+from monitor.redact import credentials, mask_values
 from monitor.signals import stop_on_signals
 
 __all__ = [
@@ -365,6 +365,7 @@ class ProxyApp:
                 provider=route.provider,
                 endpoint=route.endpoint,
                 request=info,
+                secrets=credentials(headers, scope.get("query_string", b"")),
                 source="proxy",
                 vantage=self.vantage,
                 app=app,
@@ -410,7 +411,7 @@ class ProxyApp:
                 watch.finished = True
                 if exchange is not None:
                     exchange.finish(error=exc)
-                await self._upstream_failed(route, exc, send)
+                await self._upstream_failed(route, exc, send, exchange.secrets if exchange is not None else ())
                 return
             await self._relay(response, exchange, usage_filter, watch, send)
             done = True
@@ -489,9 +490,11 @@ class ProxyApp:
             exchange.finish()
         await send({"type": "http.response.body", "body": tail, "more_body": False})
 
-    async def _upstream_failed(self, route: Route, exc: BaseException, send: Send) -> None:
+    async def _upstream_failed(
+        self, route: Route, exc: BaseException, send: Send, secrets: tuple[str, ...] = ()
+    ) -> None:
         where = f"{route.scheme}://{route.host}:{route.port}"
-        detail = redact(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
+        detail = mask_values(f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__, secrets)
         if isinstance(exc, TimeoutError):
             message = f"GLM Monitor proxy: the upstream {where} did not answer in time ({detail})"
             await _reply(send, 504, _json_error("upstream_timeout", message))

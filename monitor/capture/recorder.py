@@ -36,11 +36,12 @@ from monitor.outcomes import (
     classify,
     classify_exception,
     classify_stream_end,
+    invalid_usage,
     outcome_for_status,
 )
 from monitor.pricing import PriceCatalog, default_catalog
 from monitor.providers import Endpoint, Provider
-from monitor.redact import redact
+from monitor.redact import mask_values, redact
 from monitor.usage import Usage, UsageParser
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class Exchange:
         "catalog",
         "endpoint",
         "provider",
+        "secrets",
         "sink",
         "source",
         "stats",
@@ -168,6 +170,7 @@ class Exchange:
         request: RequestInfo | None = None,
         request_body: bytes | None = None,
         stream_asked: bool = False,
+        secrets: tuple[str, ...] = (),
         source: Literal["transport", "proxy"],
         vantage: str,
         app: str | None,
@@ -177,6 +180,7 @@ class Exchange:
     ) -> None:
         self.provider = provider
         self.endpoint = endpoint
+        self.secrets = secrets  # the credentials the request carried: masked by value in what is stored
         self.source = source
         self.vantage = vantage
         self.app = app
@@ -340,6 +344,7 @@ class Exchange:
             verdict = classify(self._status, self._headers, body)
             if usage is not None and verdict.outcome == Outcome.OK:
                 verdict = classify_stream_end(verdict, usage.finish_reason)
+                verdict, usage = invalid_usage(verdict, usage)
         ttft = self._ttft
         if usage is not None and ttft is None and self._parser is not None and self._parser.first_token_seen:
             ttft = end  # the first token's event was only complete at the end of the body
@@ -361,8 +366,10 @@ class Exchange:
             app=self.app,
             stream=request.stream,
             http_status=self._status,
-            error_code=verdict.error_code,
-            error_message=verdict.message if verdict.outcome != Outcome.OK else None,
+            error_code=mask_values(verdict.error_code, self.secrets) if verdict.error_code else None,
+            error_message=mask_values(verdict.message, self.secrets)
+            if verdict.message and verdict.outcome != Outcome.OK
+            else None,
             retry_after_s=verdict.retry_after_s,
             latency_ms=(end - self._t0) * 1000.0,
             ttft_ms=(ttft - self._t0) * 1000.0 if ttft is not None else None,

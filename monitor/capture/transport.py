@@ -58,7 +58,7 @@ import httpx
 from monitor.capture.recorder import Exchange, RecorderStats, Sink
 from monitor.pricing import PriceCatalog
 from monitor.providers import Endpoint, Provider, match_url
-from monitor.redact import redact
+from monitor.redact import credentials, redact
 
 if TYPE_CHECKING:
     import httpx2
@@ -506,12 +506,13 @@ class Recorder:
                 # DashScope native streams are asked for with a header, not in the body.
                 sse = headers.get("x-dashscope-sse", "").lower() == "enable"
                 stream_asked = sse or "text/event-stream" in headers.get("accept", "")
-            # The body is parsed when the event is built, off the request path (up to DEFER_BYTES it is kept).
+            # The body is parsed when the event is built, at the end of the response (up to DEFER_BYTES it is kept).
             return Exchange(
                 provider=provider,
                 endpoint=endpoint,
                 request_body=_body(request),
                 stream_asked=stream_asked,
+                secrets=credentials(headers.raw, request.url.query),
                 source="transport",
                 vantage=self.vantage,
                 app=app,
