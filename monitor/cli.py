@@ -283,16 +283,21 @@ def _probe_table(results: list[ProbeResult]) -> None:
 
 def cmd_proxy(args: argparse.Namespace) -> int:
     """Run the recording reverse proxy until interrupted; every request is stored as a usage event."""
-    from monitor.capture.proxy import serve
+    from monitor.capture.proxy import proxy_token, serve
     from monitor.store import describe_url, make_engine, upgrade_or_defer
 
     settings = _settings(args)
-    prepare = upgrade_or_defer(settings.database.url)
-    engine = make_engine(settings.database.url)
     host = args.host or settings.proxy.host
     port = args.port or settings.proxy.port
+    token = proxy_token(settings, host)  # refuses an exposed proxy without one, before anything starts
+    prepare = upgrade_or_defer(settings.database.url)
+    engine = make_engine(settings.database.url)
     catalog = settings.catalog()
     console.print(f"recording proxy on http://{host}:{port}; database {describe_url(settings.database.url)}")
+    if token:
+        console.print(
+            f"clients must send the token from ${settings.proxy.token_env} as X-Monitor-Token", highlight=False
+        )
     for provider in catalog.values():
         for ep in provider.endpoints:
             console.print(f"  http://{host}:{port}/{ep.route}/... -> {ep.base_url}/...", highlight=False)

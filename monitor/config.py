@@ -219,11 +219,33 @@ class DashboardSettings(_Section):
     password_env: EnvVarName | None = None
 
 
+def parse_size(value: Any) -> int:
+    """A size in bytes: an integer, or a string such as "32MiB", "512KiB", "1GiB", "10MB", "4096"."""
+    if isinstance(value, bool):
+        raise ValueError("expected a size such as 32MiB")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+)\s*([KMG]i?B|B)?\s*", value, re.IGNORECASE)
+        if match:
+            unit = (match.group(2) or "B").upper()
+            scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+            return int(match.group(1)) * scale[unit]
+    raise ValueError(f"{value!r} is not a size: use bytes or a number with KiB, MiB or GiB, e.g. 32MiB")
+
+
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
 class ProxySettings(_Section):
     """The recording reverse proxy."""
 
     host: str = "127.0.0.1"
     port: int = Field(8787, ge=1, le=65535)
+    token_env: EnvVarName = "GLM_MONITOR_PROXY_TOKEN"
+    max_body: Size = Field(32 * 2**20, ge=1024)
+    client_timeout: Duration = Field(60.0, gt=0)
+    access_log: bool = False
 
 
 class Settings(_Section):

@@ -16,7 +16,6 @@ from __future__ import annotations
 import gc
 import importlib
 import importlib.util
-import ipaddress
 import os
 import socket
 import subprocess
@@ -33,6 +32,7 @@ from typing import Any
 
 from monitor.config import Settings
 from monitor.errors import ConfigError
+from monitor.exposure import is_loopback
 from monitor.signals import StopRequested, stop_on_signals
 from monitor.store import describe_url, normalise_url
 
@@ -112,17 +112,6 @@ def import_dashboard() -> ModuleType:
 
     setattr(monitor, "dashboard", module)  # noqa: B010 - a submodule attribute, as the import system sets it
     return module
-
-
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` only listens on this machine (127.0.0.0/8, ::1, ``localhost``)."""
-    name = host.strip().strip("[]").lower()
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def _secrets_files(cwd: Path | None = None) -> list[Path]:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
 import json
 import logging
 import re
@@ -41,7 +42,7 @@ from yarl import URL
 
 from monitor.asgi_drop import DropConnection, install_quiet_drop_filter
 from monitor.capture.recorder import Exchange, RecorderStats, RequestInfo, Sink, parse_request
-from monitor.capture.routes import Route, RouteTable
+from monitor.capture.routes import Route, RouteTable, normalise_path
 from monitor.capture.upstream import (
     APP_HEADER,
     Headers,
@@ -51,6 +52,7 @@ from monitor.capture.upstream import (
     response_headers,
 )
 from monitor.config import Settings
+from monitor.exposure import required_token
 from monitor.pricing import PriceCatalog
 from monitor.providers import Provider
 from monitor.redact import credentials, mask_values
@@ -63,11 +65,22 @@ __all__ = [
     "UsageChunkFilter",
     "ask_for_usage",
     "build_app",
+    "proxy_token",
     "run_in_thread",
     "serve",
 ]
 
 log = logging.getLogger(__name__)
+access = logging.getLogger("monitor.proxy.access")
+
+DEFAULT_MAX_BODY = 32 * 2**20
+"""The largest request body the proxy takes (``[proxy] max_body``); a larger one is answered 413 unread."""
+DEFAULT_CLIENT_TIMEOUT = 60.0
+"""How long a client may take to send its request body (``[proxy] client_timeout``); then 408."""
+_PARSE_OFF_LOOP_BYTES = 1 << 20
+_UNAUTHORIZED = "GLM Monitor proxy: this proxy requires its token in the X-Monitor-Token header"
+_BAD_PATH = "GLM Monitor proxy: the path leaves its route (.. or an encoded slash); send a plain path"
+_TOO_SLOW = "GLM Monitor proxy: the request body did not arrive in time"
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -312,7 +325,15 @@ class ProxyApp:
         catalog: PriceCatalog | None = None,
         timeout: aiohttp.ClientTimeout = DEFAULT_TIMEOUT,
         upstream: UpstreamClient | None = None,
+        token: str | None = None,
+        max_body: int = DEFAULT_MAX_BODY,
+        client_timeout: float = DEFAULT_CLIENT_TIMEOUT,
+        access_log: bool = False,
     ) -> None:
+        self.token = token.encode("utf-8") if token else None
+        self.max_body = max_body
+        self.client_timeout = client_timeout
+        self.access_log = access_log
         self.routes = routes
         self.sink = sink
         self.vantage = vantage
@@ -321,6 +342,9 @@ class ProxyApp:
         self.timeout = timeout
         self.upstream = upstream if upstream is not None else UpstreamClient()
         install_quiet_drop_filter()
+
+    def _too_large(self) -> str:
+        return f"GLM Monitor proxy: the request body is larger than [proxy] max_body ({self.max_body} bytes)"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         kind = scope["type"]
@@ -340,23 +364,54 @@ class ProxyApp:
                 return
 
     async def _http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.access_log:
+            send = _AccessLog(scope, send)
         raw_path: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+        if self.token is not None and not _has_token(scope["headers"], self.token):
+            await _reply(send, 401, _json_error("unauthorized", _UNAUTHORIZED))
+            return
         found = self.routes.match(raw_path)
         if found is None:
             await _reply(send, 404, self.routes.not_found_body(raw_path))
             return
         route, rest = found
-        body = await _read_body(receive)
+        clean = normalise_path(rest)
+        if clean is None:
+            await _reply(send, 400, _json_error("bad_path", _BAD_PATH))
+            return
+        rest = clean
+        if isinstance(send, _AccessLog):
+            send.route = route.name
+        declared = _declared_length(scope["headers"])
+        if declared is not None and declared > self.max_body:
+            await _reply(send, 413, _json_error("request_too_large", self._too_large()))
+            return
+        try:
+            async with asyncio.timeout(self.client_timeout):
+                body = await _read_body(receive, self.max_body)
+        except TimeoutError:
+            await _reply(send, 408, _json_error("request_timeout", _TOO_SLOW))
+            return
         if body is None:
             return  # the client left before its request was complete
+        if body is _TOO_LARGE:
+            await _reply(send, 413, _json_error("request_too_large", self._too_large()))
+            return
+        assert isinstance(body, bytes)
         method: str = scope["method"]
         headers, app, had_length = _request_headers(scope["headers"])
         exchange: Exchange | None = None
         usage_filter: UsageChunkFilter | None = None
         if method == "POST":
-            info = _request_info(route, body, headers)
+            # A large body is parsed on a worker thread: other streams' chunks keep flowing meanwhile.
+            big = len(body) > _PARSE_OFF_LOOP_BYTES
+            info = (
+                await asyncio.to_thread(_request_info, route, body, headers)
+                if big
+                else _request_info(route, body, headers)
+            )
             if route.endpoint.dialect == "openai" and info.stream and not info.include_usage:
-                changed = ask_for_usage(body)
+                changed = await asyncio.to_thread(ask_for_usage, body) if big else ask_for_usage(body)
                 if changed is not None:
                     body, usage_filter = changed, UsageChunkFilter()
                     headers = [h for h in headers if h[0] != b"accept-encoding"]
@@ -506,15 +561,68 @@ class ProxyApp:
             await _reply(send, 502, _json_error("upstream_failed", message))
 
 
-async def _read_body(receive: Receive) -> bytes | None:
+_TOO_LARGE = object()
+
+
+async def _read_body(receive: Receive, limit: int) -> bytes | object | None:
+    """The whole request body; None if the client left first, ``_TOO_LARGE`` once it passes ``limit`` bytes
+    (the rest is not read)."""
     chunks: list[bytes] = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunks.append(message.get("body", b""))
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > limit:
+            return _TOO_LARGE
+        chunks.append(chunk)
         if not message.get("more_body", False):
             return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def _declared_length(raw: list[tuple[bytes, bytes]]) -> int | None:
+    for name, value in raw:
+        if name == b"content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+def _has_token(raw: list[tuple[bytes, bytes]], token: bytes) -> bool:
+    for name, value in raw:
+        if name == TOKEN_HEADER:
+            return hmac.compare_digest(value.strip(), token)
+    return False
+
+
+class _AccessLog:
+    """Wraps ``send`` to log one line per request when it ends: method, route, status, duration, app; never
+    headers, query strings or bodies."""
+
+    __slots__ = ("app", "method", "route", "send", "start", "status")
+
+    def __init__(self, scope: Scope, send: Send) -> None:
+        self.send = send
+        self.method: str = scope.get("method", "?")
+        self.route = "-"
+        self.status = 0
+        self.start = time.perf_counter()
+        self.app = "-"
+        for name, value in scope.get("headers", ()):
+            if name == APP_HEADER:
+                self.app = value.decode("utf-8", "replace").strip()[:_APP_MAX] or "-"
+
+    async def __call__(self, message: Message) -> None:
+        if message["type"] == "http.response.start":
+            self.status = message["status"]
+        await self.send(message)
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            ms = (time.perf_counter() - self.start) * 1000.0
+            access.info("%s /%s %d %.1fms app=%s", self.method, self.route, self.status, ms, self.app)
 
 
 async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], watch: _Watch) -> None:
@@ -526,6 +634,16 @@ async def _watch_disconnect(receive: Receive, task: asyncio.Task[Any], watch: _W
                 watch.gone = True
                 task.cancel()
             return
+
+
+TOKEN_HEADER = b"x-monitor-token"
+"""Where a client sends the proxy's own token (required when it listens beyond loopback); never forwarded."""
+
+
+def _not_forwarded(name: bytes) -> bool:
+    """Headers a client may not pass upstream through us: our token, and forwarding headers a client could forge
+    (the proxy adds none of its own either: the providers need not learn the client's address)."""
+    return name == TOKEN_HEADER or name == b"forwarded" or name == b"x-real-ip" or name.startswith(b"x-forwarded-")
 
 
 def _request_headers(raw: list[tuple[bytes, bytes]]) -> tuple[Headers, str | None, bool]:
@@ -541,7 +659,7 @@ def _request_headers(raw: list[tuple[bytes, bytes]]) -> tuple[Headers, str | Non
             app = value.decode("utf-8", "replace").strip()[:_APP_MAX] or None
         elif name == b"content-length" or name == b"transfer-encoding":
             had_length = True
-        elif name != b"host" and not is_hop_by_hop(name, extra):
+        elif name != b"host" and not is_hop_by_hop(name, extra) and not _not_forwarded(name):
             out.append((name, value))
     return out, app, had_length
 
@@ -572,6 +690,7 @@ def build_app(
     timeout: aiohttp.ClientTimeout | float | None = None,
     catalog: PriceCatalog | None = None,
     providers: Mapping[str, Provider] | None = None,
+    token: str | None = None,
 ) -> ProxyApp:
     """The proxy for ``settings``, recording into ``sink``: routes for ``providers`` (default
     ``settings.catalog()``), prices with the config's overrides (or ``catalog``), upstream ``timeout`` (a
@@ -589,6 +708,22 @@ def build_app(
         stats=stats,
         catalog=catalog if catalog is not None else PriceCatalog(settings.prices),
         timeout=upstream_timeout,
+        token=token,
+        max_body=settings.proxy.max_body,
+        client_timeout=settings.proxy.client_timeout,
+        access_log=settings.proxy.access_log,
+    )
+
+
+def proxy_token(settings: Settings, host: str, environ: Mapping[str, str] | None = None) -> str | None:
+    """The token clients must send (``$[proxy] token_env``); ConfigError when ``host`` is beyond loopback and no
+    token is set. With a token set, it is required on loopback too."""
+    return required_token(
+        "the recording proxy",
+        host,
+        settings.proxy.token_env,
+        how="clients send it in the X-Monitor-Token header",
+        environ=environ,
     )
 
 
@@ -608,9 +743,9 @@ def _uvicorn_config(app: ProxyApp, **kwargs: Any) -> uvicorn.Config:
 def serve(settings: Settings, sink: Sink, host: str | None = None, port: int | None = None) -> None:
     """Serve the proxy in the foreground until interrupted (``glm-monitor proxy``); host and port default to
     ``settings.proxy`` (127.0.0.1:8787). Uses httptools and uvloop when they are installed."""
-    app = build_app(settings, sink)
     bind_host = host if host is not None else settings.proxy.host
     bind_port = port if port is not None else settings.proxy.port
+    app = build_app(settings, sink, token=proxy_token(settings, bind_host))
     log.info("proxy routes: %s", ", ".join(f"/{name.decode()}" for name in app.routes.routes))
     # uvicorn shuts down gracefully on SIGTERM/SIGINT, then raises the signal again so the process would die by
     # it before the caller flushes what was recorded: noted instead, so the caller returns and exits 0.

@@ -8,6 +8,7 @@ rest of the path and the query are appended to that endpoint's base URL byte for
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from urllib.parse import urlsplit
@@ -42,6 +43,34 @@ class Route:
         """The upstream request target for ``rest`` (the path after the prefix, raw) and the raw query."""
         path = self.base_path + rest if rest else self.base_path or b"/"
         return path + b"?" + query if query else path
+
+
+_ENCODED_DOT = re.compile(rb"%2e", re.IGNORECASE)
+_UNSAFE = re.compile(rb"%2f|%5c|\\", re.IGNORECASE)
+
+
+def normalise_path(rest: bytes) -> bytes | None:
+    """``rest`` (the raw path after a route's prefix) with its ``.`` and ``..`` segments resolved (``%2e`` counts
+    as a dot), or None when it would climb above the route's base path or hides a separator (``%2f``, ``%5c``,
+    a backslash) that an upstream might decode into one. Other segments keep their spelling byte for byte."""
+    if b"." not in rest and b"%" not in rest and b"\\" not in rest:
+        return rest
+    if _UNSAFE.search(rest):
+        return None
+    out: list[bytes] = []
+    dot_last = False
+    for segment in rest.split(b"/")[1:]:
+        plain = _ENCODED_DOT.sub(b".", segment) if b"%" in segment else segment
+        dot_last = plain in (b".", b"..")
+        if plain == b"..":
+            if not out:
+                return None
+            out.pop()
+        elif plain != b".":
+            out.append(segment)
+    if not out:
+        return b"/" if rest else b""
+    return b"/" + b"/".join(out) + (b"/" if dot_last else b"")
 
 
 def make_route(provider: Provider, endpoint: Endpoint) -> Route:
@@ -89,17 +118,17 @@ class RouteTable:
         return route, slash + rest
 
     def not_found_body(self, raw_path: bytes) -> bytes:
-        """The JSON body of the 404 for an unknown route: what was asked and every route there is."""
+        """The JSON body of the 404 for an unknown route: every route's name, provider and dialect (never where
+        a route goes: an internal server's address is nobody's business outside; ``glm-monitor proxy`` prints it)."""
         listing = {
-            f"/{r.name}": {"provider": r.provider.id, "upstream": r.endpoint.base_url, "dialect": r.endpoint.dialect}
-            for r in self.routes.values()
+            f"/{r.name}": {"provider": r.provider.id, "dialect": r.endpoint.dialect} for r in self.routes.values()
         }
         body = {
             "error": {
                 "type": "unknown_route",
                 "message": (
-                    f"no proxy route for {raw_path.decode('latin-1')!r}: the path must start with one of the routes "
-                    "below, e.g. base_url=http://127.0.0.1:8787/zai"
+                    f"no proxy route for {raw_path.decode('latin-1')[:200]!r}: the path must start with one of the "
+                    "routes below, e.g. base_url=http://127.0.0.1:8787/zai"
                 ),
             },
             "routes": listing,
