@@ -188,10 +188,13 @@ class Journal:
             return
         self._stored = position
         offset = position - segment.base
-        if offset >= 0:
-            os.pwrite(segment.done_fd, b"%020d\n" % offset, 0)
-        if offset == segment.size and segment.size >= self.segment_bytes:
-            self._rotate()
+        # The note only saves a replay some work (stored rows are skipped by their ids): a full or failing disk
+        # must not stop the writer over it, and neither may a new segment that cannot be made.
+        with contextlib.suppress(OSError):
+            if offset >= 0:
+                os.pwrite(segment.done_fd, b"%020d\n" % offset, 0)
+            if offset == segment.size and segment.size >= self.segment_bytes:
+                self._rotate()
 
     def _rotate(self) -> None:
         with self.lock:

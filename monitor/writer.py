@@ -842,7 +842,10 @@ class EventWriter:
             try:
                 job = self._jobs.get(timeout=self._backoff[1] if self.journal is not None else None)
             except queue.Empty:
-                self._idle()
+                try:
+                    self._idle()
+                except Exception:  # a bug of ours: keep the thread
+                    log.exception("the writer's housekeeping failed")
                 continue
             if job is None:
                 self._shut_down()
@@ -851,6 +854,9 @@ class EventWriter:
                 self._store_job(job)
             except _GiveUp:
                 self._count_lost(job.in_memory_only().size, "the database was unavailable at stop")
+            except Exception:  # a bug of ours: the thread must outlive it; journaled rows are read back later
+                log.exception("the writer failed storing %d events; they are read back from the journal", job.size)
+                self._behind = job.last is not None
             finally:
                 job.sent.set()
                 job.done.set()

@@ -4,6 +4,7 @@ a restart. Every request a client saw complete is stored, and none twice."""
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import sqlite3
@@ -352,3 +353,163 @@ def test_proxy_started_while_postgres_is_down_records_to_the_journal_and_migrate
         proxy.stop()
     assert count(url) == 300 == distinct_requests(url)
     assert proxy.returncodes == [0]
+
+
+# --- SIGKILL of the daemon and of an application using the SDK transport
+
+
+def _adopt(config: Path) -> None:
+    """Start (and stop) a process writing to the same database: it adopts what a killed one left."""
+    proxy = Proxy(config, free_port())
+    proxy.start()
+    assert proxy.signal(signal.SIGTERM) == 0
+
+
+def test_kill_9_of_the_daemon_keeps_every_probe_it_finished(tmp_path, sim):
+    url = f"sqlite:///{tmp_path / 'daemon.db'}"
+    config = write_config(tmp_path, url, sim, tmp_path / "journal")
+    config.write_text(
+        config.read_text()
+        + '\n[prober]\ninterval = "1s"\njitter = "50ms"\n\n'
+        + '[[targets]]\nprovider = "zai"\nmodel = "glm-4.7"\n\n[[targets]]\nprovider = "zai"\nmodel = "glm-4.6"\n'
+    )
+    log = tmp_path / "daemon.log"
+    with open(log, "w") as out:
+        daemon = subprocess.Popen(
+            [sys.executable, "-m", "monitor.cli", "-v", "--config", str(config), "run", "--no-dashboard"],
+            env={**os.environ, "ZAI_API_KEY": "k"},
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    finished = lambda: log.read_text().count("probe target=")  # noqa: E731 - logged after the result is submitted
+    wait_for(lambda: finished() >= 12, what="a dozen probes")
+    daemon.send_signal(signal.SIGKILL)
+    assert daemon.wait(10) == -9
+    logged = finished()
+    _adopt(config)
+    engine = make_engine(url)
+    with engine.connect() as conn:
+        probes = conn.exec_driver_sql("SELECT count(*), count(DISTINCT event_id) FROM probe_results").one()
+        mirrored = conn.exec_driver_sql("SELECT count(*) FROM usage_events WHERE source = 'probe'").scalar_one()
+    engine.dispose()
+    assert probes[0] == probes[1]  # none twice
+    assert logged <= probes[0] <= logged + 2  # every finished probe; at most the two in flight beyond them
+    assert mirrored == probes[0]
+
+
+_APP = """
+import sys
+from monitor.capture import httpx_client
+
+client = httpx_client(app="killed-app", timeout=30)
+for i in range(100000):
+    r = client.post(sys.argv[1], json={"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}],
+                    "stream": i % 2 == 0}, headers={"Authorization": "Bearer k"})
+    r.read()
+    assert r.status_code == 200
+    print(i, flush=True)  # the application has the whole response
+"""
+
+
+def test_kill_9_of_an_application_using_the_transport_keeps_every_request_it_saw_complete(tmp_path, sim):
+    url = f"sqlite:///{tmp_path / 'app.db'}"
+    upgrade(url)
+    config = write_config(tmp_path, url, sim, tmp_path / "journal")
+    env = {**os.environ, "GLM_MONITOR_CONFIG": str(config)}
+    out = tmp_path / "app.out"
+    with open(out, "w") as f:
+        app = subprocess.Popen(
+            [sys.executable, "-c", _APP, f"{sim.base_url}/api/paas/v4/chat/completions"], env=env, stdout=f
+        )
+    seen = lambda: out.read_text().count("\n")  # noqa: E731
+    wait_for(lambda: seen() >= 300, what="300 requests")
+    app.send_signal(signal.SIGKILL)
+    assert app.wait(10) == -9
+    completed = seen()
+    _adopt(config)
+    assert completed <= count(url) <= completed + 1  # at most the one whose end it had not read yet
+    assert count(url) == distinct_requests(url)
+
+
+# --- a journal that cannot be written: one line of alarm, nothing lost while the database is up
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a small tmpfs (needs root and mount rights; skipped otherwise) and unmount it afterwards."""
+    import shutil
+
+    mounted: list[Path] = []
+
+    def mount(options: str) -> Path:
+        point = tmp_path / f"mnt{len(mounted)}"
+        point.mkdir()
+        if shutil.which("mount") is None:
+            pytest.skip("needs mount(8) to make a read-only or full file system")
+        done = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(point)], capture_output=True)
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here ({done.stderr.decode().strip()})")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", "-l", str(point)], check=False)
+
+
+def test_a_read_only_journal_directory_is_one_line_and_loses_nothing(tmp_path, sim, tmpfs):
+    read_only = tmpfs("ro,size=1m")
+    url = f"sqlite:///{tmp_path / 'proxy.db'}"
+    proxy = Proxy(write_config(tmp_path, url, sim, read_only / "journal"), free_port())
+    proxy.start()
+    send(proxy.port, 0, 200)
+    assert proxy.signal(signal.SIGTERM) == 0
+    assert count(url) == 200
+    log = proxy.log.read_text()
+    alarms = [line for line in log.splitlines() if "held in memory" in line]
+    assert len(alarms) == 1, alarms
+    assert "read-only file system (EROFS)" in alarms[0] and str(read_only / "journal") in alarms[0]
+    assert "Traceback" not in log
+
+
+def test_a_full_journal_disk_keeps_whole_lines_and_every_event_reaches_the_database(tmp_path, tmpfs, caplog):
+    from datetime import UTC, datetime
+
+    from monitor.events import UsageEvent
+    from monitor.journal import Journal
+    from monitor.outcomes import Outcome
+    from monitor.spool import decode
+    from monitor.usage import Usage
+    from monitor.writer import EventWriter
+
+    small = tmpfs("size=64k")
+    url = f"sqlite:///{tmp_path / 'full.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    journal = Journal(small / "journal").open()
+    events = [
+        UsageEvent(
+            ts=datetime.now(UTC),
+            source="proxy",
+            provider="zai",
+            model="glm-4.7",
+            vantage="t",
+            outcome=Outcome.OK,
+            usage=Usage(input_tokens=i, output_tokens=1),
+            app="x" * 60,
+        )
+        for i in range(2000)
+    ]
+    with EventWriter(engine, flush_interval_s=0.05, journal=journal) as w:
+        for ev in events:
+            w.submit(ev)
+        assert w.flush(timeout=60)
+        assert w.held > 0 and w.lost == 0
+    engine.dispose()
+    assert count(url) == 2000
+    alarms = [r.getMessage() for r in caplog.records if "held in memory" in r.getMessage()]
+    assert len(alarms) == 1 and "full disk (ENOSPC)" in alarms[0]
+    for path in (small / "journal").glob("*.jnl"):  # whatever is left holds whole lines only
+        for line in path.read_bytes().splitlines(keepends=True):
+            assert line.endswith(b"\n")
+            decode(line)
