@@ -102,13 +102,17 @@ def run_proxy(port: int, upstream: str, db: str) -> None:
     from monitor.capture.proxy import serve
     from monitor.config import settings_from_dict
     from monitor.store import make_engine, upgrade
-    from monitor.writer import EventWriter
+    from monitor.writer import open_writer
 
     url = f"sqlite:///{db}"
     upgrade(url)
     settings = settings_from_dict({"vantage": "bench", "custom": {"bench": {"base_url": upstream + "/v1"}}})
-    with EventWriter(make_engine(url)) as writer:
+    # The writer `glm-monitor proxy` uses: every request journaled before its response ends.
+    writer = open_writer(make_engine(url), url)
+    try:
         serve(settings, writer, "127.0.0.1", port)
+    finally:
+        writer.close()
 
 
 def run_bare_aiohttp(port: int, upstream: str) -> None:

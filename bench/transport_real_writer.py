@@ -2,8 +2,9 @@
 
     python bench/transport_real_writer.py [httpx2|httpx] [stream|nonstream] [-n 2000]
 
-``bench/transport_overhead.py`` measures with a sink that only counts; here the writer's thread builds and writes
-the rows while the requests run, so its work competes for the GIL as it does in an application. Rounds alternate
+``bench/transport_overhead.py`` measures with a sink that only counts; here the sink is the writer an application
+gets (``open_writer``: the row is built and appended to the journal as the response ends, then the writer's thread
+stores it), so its work lands where it does in an application. Rounds alternate
 plain and recording clients against the same local upstream; prints the added median, p90 and p99 (microseconds).
 """
 
@@ -18,7 +19,7 @@ from typing import Any
 import transport_overhead as base
 
 from monitor.store import make_engine, upgrade
-from monitor.writer import EventWriter
+from monitor.writer import open_writer
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
     stream = args.kind == "stream"
     url = f"sqlite:///{tempfile.mkdtemp()}/bench.db"
     upgrade(url)
-    writer = EventWriter(make_engine(url)).start()
+    writer = open_writer(make_engine(url), url)
 
     class Sink:
         def submit(self, event: Any) -> None:
