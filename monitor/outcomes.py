@@ -335,7 +335,10 @@ def _classify(status: int, headers: dict[str, str], body: bytes, now: datetime |
             finish = _first_filtering_reason(value)
             summary = _loose_message(value)
     elif "text/event-stream" in headers.get("content-type", "").lower() or _SSE_START.match(stripped):
-        error, finish, event_status = _scan_sse(stripped)
+        # _scan_sse reads only events holding a hint: a stream with none anywhere has nothing for it (the
+        # usual answer, and a whole-text search is far cheaper than a look at every line).
+        if any(hint in stripped for hint in _SSE_HINTS):
+            error, finish, event_status = _scan_sse(stripped)
         if event_status is not None and error is not None:
             effective_status = event_status
     else:

@@ -38,6 +38,7 @@ from functools import cache
 from importlib.metadata import version
 from typing import TYPE_CHECKING
 
+from monitor.genai_linear import linear_price
 from monitor.money import Cost, Currency
 from monitor.price_data import PriceRule, PriceTier, check_timelines, load_price_data
 from monitor.providers import BUILTIN_PROVIDERS
@@ -366,6 +367,16 @@ class PriceCatalog:
         from genai_prices import Usage as GenaiUsage
         from genai_prices import calc_price
 
+        suffix = ", USD" if genai_provider == "zhipuai" else ""
+        flat = linear_price(genai_provider, model, at) if not counts.images else None
+        if flat is not None:  # the same figure calc_price gives (checked per model and day), without its cost
+            return PriceQuote(
+                cost=Cost(flat.cost(counts.input, counts.cached, counts.cache_write, counts.output), "USD"),
+                source=f"genai-prices {_genai_version()} ({genai_provider}{suffix})",
+                effective_from=_genai_effective_from(flat.model, flat.model_price),
+                provider=provider,
+                model=model,
+            )
         # genai-prices counts cache reads and writes inside input_tokens, as our Usage does, and bills them at
         # their own price only when the model has one (otherwise at the input price).
         genai_usage = GenaiUsage(
@@ -388,7 +399,6 @@ class PriceCatalog:
                 exc,
             )
             return None
-        suffix = ", USD" if genai_provider == "zhipuai" else ""
         return PriceQuote(
             cost=Cost(calc.total_price, "USD"),
             source=f"genai-prices {_genai_version()} ({genai_provider}{suffix})",

@@ -44,9 +44,13 @@ def _hook(obj: dict[str, Any]) -> Any:
     return obj
 
 
+# Made once: json.dumps with any option builds a new encoder per call, a third of a line's cost.
+_ENCODER = json.JSONEncoder(default=_default, separators=(",", ":"))
+
+
 def encode(table: str, row: Mapping[str, Any]) -> bytes:
     """One spool line for ``row`` of ``table`` (exact: datetimes keep their offset, Decimals their digits)."""
-    return json.dumps({"t": table, "r": row}, default=_default, separators=(",", ":")).encode() + b"\n"
+    return _ENCODER.encode({"t": table, "r": row}).encode() + b"\n"
 
 
 def decode(line: bytes) -> tuple[str, dict[str, Any]]:

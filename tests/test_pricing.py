@@ -664,3 +664,40 @@ def test_rows_show_the_price_of_the_day_asked_for() -> None:
     assert after[("zai", "glm-5.3-flash")].input_per_mtok == Decimal("0.15")
     assert before[("bigmodel", "glm-5.3-flash")].input_per_mtok == Decimal("0.4")
     assert after[("bigmodel", "glm-5.3-flash")].input_per_mtok == Decimal("0.8")
+
+
+def test_flat_genai_prices_computed_directly_equal_calc_price_for_every_glm_model():
+    """The fast path (monitor.genai_linear) must give calc_price's figure exactly, whatever release is installed."""
+    from genai_prices import Usage as GenaiUsage
+    from genai_prices import calc_price
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from monitor.genai_linear import linear_price
+
+    rows = [r for r in PriceCatalog().rows(NOV_2026) if r.source.startswith(GENAI)]
+    genai_ids = {"zai": "zai", "bigmodel": "zhipuai", "openrouter": "openrouter"}
+    flat = [(genai_ids[r.provider], r.model) for r in rows if linear_price(genai_ids[r.provider], r.model, NOV_2026)]
+    assert len(flat) >= 5  # most GLM prices are flat rates
+
+    @settings(max_examples=60, deadline=None)
+    @given(
+        st.sampled_from(flat),
+        st.integers(0, 2_000_000),
+        st.integers(0, 500_000),
+        st.integers(0, 50_000),
+        st.integers(0, 200_000),
+    )
+    def same(pick, uncached, cached, write, output):
+        provider, model = pick
+        usage = GenaiUsage(
+            input_tokens=uncached + cached + write,
+            cache_read_tokens=cached,
+            cache_write_tokens=write,
+            output_tokens=output,
+        )
+        expected = calc_price(usage, model, provider_id=provider, genai_request_timestamp=NOV_2026).total_price
+        got = linear_price(provider, model, NOV_2026).cost(uncached + cached + write, cached, write, output)
+        assert got == expected
+
+    same()
