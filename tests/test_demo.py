@@ -9,6 +9,7 @@ import sys
 import time
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from sqlalchemy import func, select
 
 from monitor.demo import DEMO_TARGETS, backfill, demo_settings
@@ -125,3 +126,35 @@ def test_run_without_config_probes_the_simulator_into_its_own_file(tmp_path):
     assert proc.returncode == 0, out
     assert "no targets configured: probing the built-in simulated provider" in out
     assert not (tmp_path / "glm-monitor.db").exists(), "simulated data never goes into the real database"
+
+
+@pytest.mark.parametrize("command", ["demo", "dashboard"])
+def test_sigterm_stops_the_command_and_every_child_it_started_and_exits_0(tmp_path, command):
+    """What systemd, Docker and Kubernetes send on every stop: nothing may be left running (Streamlit included)."""
+    import psutil
+
+    url = f"sqlite:///{tmp_path / 'demo.db'}"
+    port = _free_port()
+    if command == "demo":
+        args = ["--interval", "1", "--database-url", url, "--dashboard-port", str(port)]
+    else:
+        config = tmp_path / "glm-monitor.toml"
+        config.write_text(f'[database]\nurl = "{url}"\n\n[dashboard]\nport = {port}\n')
+        args = ["--port", str(port)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monitor.cli", command, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+    )
+    try:
+        assert _wait_for_http(f"http://127.0.0.1:{port}/_stcore/health"), "the dashboard came up"
+        children = psutil.Process(proc.pid).children(recursive=True)
+        assert children, "Streamlit runs in a child process"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    _, alive = psutil.wait_procs(children, timeout=15)
+    assert alive == [], [p.cmdline() for p in alive]
