@@ -40,14 +40,19 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def _settings(args: argparse.Namespace) -> Settings:
+    """The config file's settings, with ``--database-url`` (given before or after the command) applied."""
     # Imported here so `glm-monitor --help` stays fast.
     from monitor.config import load_settings
 
-    return load_settings(args.config)
+    settings = load_settings(args.config)
+    url = getattr(args, "database_url", None)
+    if url:
+        settings = settings.model_copy(update={"database": settings.database.model_copy(update={"url": url})})
+    return settings
 
 
 def _database_url(args: argparse.Namespace) -> str:
-    url: str = args.database_url or _settings(args).database.url
+    url: str = getattr(args, "database_url", None) or _settings(args).database.url
     return url
 
 
@@ -63,7 +68,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         console.print(
             "no targets configured: probing the built-in simulated provider instead (demo data, kept in "
             "./glm-monitor-demo.db). Add [[targets]] and API keys to probe real providers "
-            "(see glm-monitor.example.toml)."
+            "(see glm-monitor.example.toml).",
+            markup=False,  # [[targets]] is TOML, not a Rich style
         )
         return _demo(backfill_days=None, interval_s=15.0, sim_port=0, database_url=None, dashboard=args.dashboard)
     require_api_keys(settings)
@@ -149,7 +155,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         backfill_days=days,
         interval_s=args.interval,
         sim_port=args.sim_port,
-        database_url=args.database_url,
+        database_url=getattr(args, "database_url", None),
         dashboard=args.dashboard,
         dashboard_port=args.dashboard_port,
     )
@@ -202,7 +208,9 @@ def cmd_probe(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     if not settings.targets:
-        err_console.print("no targets configured: add [[targets]] to your config (see glm-monitor.example.toml)")
+        err_console.print(
+            "no targets configured: add [[targets]] to your config (see glm-monitor.example.toml)", markup=False
+        )
         return 2
     require_api_keys(settings)
     if args.store:
@@ -347,7 +355,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         settings = _settings(args)
     except ConfigError as exc:
         return _unknown(args, f"config error: {exc}")
-    url = args.database_url or settings.database.url
+    url = settings.database.url
     engine = make_engine(url)
     try:
         revision, head = current_revision(engine), head_revision()
@@ -500,7 +508,7 @@ def cmd_fx(args: argparse.Namespace) -> int:
     from monitor.store import make_engine, upgrade
 
     settings = _settings(args)
-    url = args.database_url or settings.database.url
+    url = settings.database.url
     upgrade(url)
     engine = make_engine(url)
     try:
@@ -563,6 +571,16 @@ def _print_probe_costs(settings: Settings) -> None:
         console.print(line, highlight=False)
 
 
+def _duration(text: str) -> float:
+    """A duration as the config writes them ("15", "15s", "5m", "1h")."""
+    from monitor.config import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _day(text: str) -> date:
     try:
         return date.fromisoformat(text)
@@ -596,33 +614,49 @@ def build_parser() -> argparse.ArgumentParser:
         default=0,
         help="-v: one log line per probe; -vv: debug logs of every library",
     )
+    db_url = argparse.ArgumentParser(add_help=False)
+    # SUPPRESS: given before the command or after it, whichever; never reset by the other position.
+    db_url.add_argument(
+        "--database-url", default=argparse.SUPPRESS, help="use this database instead of the configured one"
+    )
+    parser.add_argument(
+        "--database-url", default=argparse.SUPPRESS, help="use this database instead of the configured one"
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run the prober daemon and its dashboard (migrates the database first)")
+    p = sub.add_parser(
+        "run", help="run the prober daemon and its dashboard (migrates the database first)", parents=[db_url]
+    )
     p.add_argument("--no-dashboard", dest="dashboard", action="store_false", help="probe only; no dashboard")
     p.set_defaults(handler=cmd_run)
 
     p = sub.add_parser("demo", help="simulated providers + daemon (+ history): a first look without API keys")
     p.add_argument("--backfill", metavar="DAYS", help="first fill this much simulated history, e.g. 7d")
-    p.add_argument("--interval", type=float, default=15.0, help="probe interval in seconds (default 15)")
+    p.add_argument(
+        "--interval", type=_duration, default=15.0, help='probe interval: seconds or a duration such as "15s", "5m"'
+    )
     p.add_argument("--sim-port", type=int, default=0, help="simulator port (default: any free port)")
-    p.add_argument("--database-url", help="where demo data goes (default sqlite:///./glm-monitor-demo.db)")
+    p.add_argument(
+        "--database-url",
+        default=argparse.SUPPRESS,
+        help="where demo data goes (default sqlite:///./glm-monitor-demo.db)",
+    )
     p.add_argument("--no-dashboard", dest="dashboard", action="store_false", help="probe only; no dashboard")
     p.add_argument("--dashboard-port", type=int, help="dashboard port (default 8501)")
     p.set_defaults(handler=cmd_demo)
 
-    p = sub.add_parser("probe", help="probe targets now")
+    p = sub.add_parser("probe", help="probe targets now", parents=[db_url])
     p.add_argument("--once", action="store_true", required=True, help="probe every target once and exit")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--no-store", dest="store", action="store_false", help="do not write the results")
     p.set_defaults(handler=cmd_probe)
 
-    p = sub.add_parser("dashboard", help="the Streamlit dashboard (127.0.0.1:8501 by default)")
+    p = sub.add_parser("dashboard", help="the Streamlit dashboard (127.0.0.1:8501 by default)", parents=[db_url])
     p.add_argument("--host", help="listen address (default: dashboard.host, 127.0.0.1; others need a password)")
     p.add_argument("--port", type=int, help="listen port (default: dashboard.port, 8501)")
     p.set_defaults(handler=cmd_dashboard)
 
-    p = sub.add_parser("proxy", help="recording reverse proxy: point SDKs, Claude Code or curl at it")
+    p = sub.add_parser("proxy", help="recording reverse proxy: point SDKs, Claude Code or curl at it", parents=[db_url])
     p.add_argument("--host", help="listen address (default: proxy.host, 127.0.0.1)")
     p.add_argument("--port", type=int, help="listen port (default: proxy.port, 8787)")
     p.set_defaults(handler=cmd_proxy)
@@ -634,20 +668,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_sim)
 
     p = sub.add_parser(
-        "status", help="health, spend and quota burn; Nagios exit codes (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)"
+        "status",
+        help="health, spend and quota burn; Nagios exit codes (0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN)",
+        parents=[db_url],
     )
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
-    p.add_argument("--database-url", help="override the configured database URL")
     p.set_defaults(handler=cmd_status)
 
-    p = sub.add_parser("db", help="database maintenance (Alembic migrations)")
-    p.add_argument("--database-url", help="override the configured database URL")
+    p = sub.add_parser("db", help="database maintenance (Alembic migrations)", parents=[db_url])
     dbsub = p.add_subparsers(dest="db_command", required=True, metavar="ACTION")
-    up = dbsub.add_parser("upgrade", help="bring the database to the newest schema")
+    up = dbsub.add_parser("upgrade", help="bring the database to the newest schema", parents=[db_url])
     up.add_argument("revision", nargs="?", default="head")
-    down = dbsub.add_parser("downgrade", help="take the schema back (default: to an empty database)")
+    down = dbsub.add_parser("downgrade", help="take the schema back (default: to an empty database)", parents=[db_url])
     down.add_argument("revision", nargs="?", default="base")
-    dbsub.add_parser("current", help="show the schema revision")
+    dbsub.add_parser("current", help="show the schema revision", parents=[db_url])
     p.set_defaults(handler=cmd_db)
 
     p = sub.add_parser("prices", help="print the price catalog in effect, with sources")
@@ -656,19 +690,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--notes", action="store_true", help="show where each price comes from in full")
     p.set_defaults(handler=cmd_prices)
 
-    p = sub.add_parser("fx", help="exchange rates (JPY/USD/CNY)")
-    p.add_argument("--database-url", help="override the configured database URL")
+    p = sub.add_parser("fx", help="exchange rates (JPY/USD/CNY)", parents=[db_url])
     fxsub = p.add_subparsers(dest="fx_command", required=True, metavar="ACTION")
-    fset = fxsub.add_parser("set", help="store rates for a day, e.g. fx set 2026-11-01 USDJPY=151.2 CNYJPY=21.3")
+    fset = fxsub.add_parser(
+        "set", help="store rates for a day, e.g. fx set 2026-11-01 USDJPY=151.2 CNYJPY=21.3", parents=[db_url]
+    )
     fset.add_argument("day", type=_day)
     fset.add_argument("pairs", nargs="+", type=_pair, metavar="PAIR=RATE")
-    ffetch = fxsub.add_parser("fetch", help="download the ECB daily reference rates and store that day's rates")
+    ffetch = fxsub.add_parser(
+        "fetch", help="download the ECB daily reference rates and store that day's rates", parents=[db_url]
+    )
     ffetch.add_argument("--url", help="feed URL (default: fx.feed_url in the config)")
-    fshow = fxsub.add_parser("show", help="show the rates in force on a day")
+    fshow = fxsub.add_parser("show", help="show the rates in force on a day", parents=[db_url])
     fshow.add_argument("--on", type=_day, help="day (default: today)")
     p.set_defaults(handler=cmd_fx)
 
-    p = sub.add_parser("config", help="validate the config file and summarise it")
+    p = sub.add_parser("config", help="validate the config file and summarise it", parents=[db_url])
     p.set_defaults(handler=cmd_config)
     return parser
 
