@@ -115,8 +115,18 @@ def _share(q: QuotaStatus) -> str:
     return "?" if q.share is None else f"{q.share:.0%}"
 
 
+MONEY_PLACES = Decimal("0.000001")
+"""Every amount of money in ``status --json`` is a string with exactly six decimals (exact, and one shape)."""
+_MONEY_UNITS = frozenset({"JPY", "USD", "CNY"})
+
+
+def money_text(amount: Decimal) -> str:
+    """``amount`` as a JSON money string: six decimals, never an exponent (``"3152.138307"``)."""
+    return f"{amount.quantize(MONEY_PLACES):f}"
+
+
 def to_json(report: StatusReport) -> dict[str, Any]:
-    """A JSON-ready dict of the report, for scripts (``glm-monitor status --json``)."""
+    """A JSON-ready dict of the report, for scripts (``glm-monitor status --json``); money as ``money_text``."""
 
     def num(v: Any) -> Any:
         if isinstance(v, Decimal):
@@ -126,6 +136,11 @@ def to_json(report: StatusReport) -> dict[str, Any]:
         if isinstance(v, float) and math.isnan(v):
             return None
         return v
+
+    def amount(v: Any, unit: str | None) -> Any:
+        if isinstance(v, Decimal) and unit in _MONEY_UNITS:
+            return money_text(v)
+        return num(v)
 
     return {
         "state": report.state.name,
@@ -152,8 +167,8 @@ def to_json(report: StatusReport) -> dict[str, Any]:
         "spend": {
             c: {
                 "month": f.month.isoformat(),
-                "month_to_date": str(f.month_to_date),
-                "forecast": str(f.forecast),
+                "month_to_date": money_text(f.month_to_date),
+                "forecast": money_text(f.forecast),
                 "method": f.method,
             }
             for c, f in report.spend.items()
@@ -163,11 +178,11 @@ def to_json(report: StatusReport) -> dict[str, Any]:
                 "plan": q.plan,
                 "kind": q.kind,
                 "window": q.window,
-                "used": num(q.used),
-                "limit": num(q.limit),
+                "used": amount(q.used, q.unit),
+                "limit": amount(q.limit, q.unit),
                 "unit": q.unit,
                 "share": q.share,
-                "burn_per_hour": num(q.burn_per_hour),
+                "burn_per_hour": amount(q.burn_per_hour, q.unit),
                 "exhausts_at": num(q.exhausts_at),
                 "resets_at": num(q.resets_at),
                 "runs_out_before_reset": q.runs_out_before_reset,

@@ -139,3 +139,21 @@ def test_cli_unreadable_config_or_database_is_unknown(tmp_path, capsys):
     assert "GLM MONITOR UNKNOWN - config error" in capsys.readouterr().out
     assert main(["status", "--database-url", f"sqlite:///{tmp_path / 'blank.db'}"]) == 3
     assert "run `glm-monitor db upgrade`" in capsys.readouterr().out
+
+
+def test_money_in_json_is_always_a_string_with_six_decimals(engine):
+    import re
+
+    from monitor.status import to_json
+
+    settings = settings_from_dict(
+        {"plans": [{"kind": "monthly_budget", "name": "small", "amount": 1000, "currency": "JPY"}]}
+    )
+    # 6 x USD 0.5 at 150 JPY/USD, and a forecast that divides by seven: digits without end unless fixed
+    data = to_json(report(engine, probes(NOW, "zai", "glm-4.7", [Outcome.OK] * 5) + spend(NOW, 6), settings))
+    amounts = [v for c in data["spend"].values() for k, v in c.items() if k in ("month_to_date", "forecast")]
+    budget = next(q for q in data["quotas"] if q["plan"] == "small")
+    amounts += [budget["used"], budget["limit"]]
+    assert len(amounts) == 6
+    assert all(isinstance(a, str) and re.fullmatch(r"\d+\.\d{6}", a) for a in amounts), amounts
+    assert data["spend"]["JPY"]["month_to_date"] == "450.000000"
