@@ -39,12 +39,13 @@ err_console = Console(stderr=True)
 Handler = Callable[[argparse.Namespace], int]
 
 
-def _settings(args: argparse.Namespace) -> Settings:
-    """The config file's settings, with ``--database-url`` (given before or after the command) applied."""
+def _settings(args: argparse.Namespace, *, demo_fallback: bool = True) -> Settings:
+    """The config file's settings (with no config file, the demo's, unless not ``demo_fallback``), with
+    ``--database-url`` (given before or after the command) applied."""
     # Imported here so `glm-monitor --help` stays fast.
     from monitor.config import load_settings
 
-    settings = load_settings(args.config)
+    settings = load_settings(args.config, demo_fallback=demo_fallback)
     url = getattr(args, "database_url", None)
     if url:
         settings = settings.model_copy(update={"database": settings.database.model_copy(update={"url": url})})
@@ -63,7 +64,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     """
     from monitor.config import require_api_keys
 
-    settings = _settings(args)
+    settings = _settings(args, demo_fallback=False)
     if not settings.targets:
         console.print(
             "no targets configured: probing the built-in simulated provider instead (demo data, kept in "
@@ -179,6 +180,12 @@ def _demo(
         console.print(f"simulated GLM provider: {env.sim.base_url} (openai /api/paas/v4, anthropic /api/anthropic)")
         for provider, model, what in demo.DEMO_TARGETS:
             console.print(f"  {provider}/{model}: {what}", highlight=False)
+        if env.config_file is not None:
+            console.print(
+                f"wrote {env.config_file}: status, dashboard and proxy started in this folder use the demo "
+                "(its database, plans and simulated providers)",
+                highlight=False,
+            )
         console.print("Ctrl-C stops everything.")
         return _run_daemon(env.settings, env.environ, backfill_days=backfill_days, dashboard=dashboard)
     finally:

@@ -30,6 +30,8 @@ from monitor.providers import BUILTIN_PROVIDERS, Provider, custom_provider, with
 from monitor.redact import redact
 
 CONFIG_ENV = "GLM_MONITOR_CONFIG"
+DEMO_CONFIG_FILE = "glm-monitor-demo.toml"
+"""Left by ``glm-monitor demo`` in its folder, so that status, dashboard and proxy there see the demo."""
 DEFAULT_CONFIG_FILE = "glm-monitor.toml"
 ECB_DAILY_URL = "https://www.ecb.europa.eu/stats/eurofxref/eurofxref-daily.xml"
 
@@ -310,23 +312,37 @@ def _replace_key_env(provider: Provider, var: str) -> Provider:
 # Loading and error messages
 
 
-def config_path(explicit: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> tuple[Path | None, str]:
-    """Which file to read and why: (path or None for defaults, where the path came from)."""
+def config_path(
+    explicit: str | os.PathLike[str] | None, environ: Mapping[str, str], *, demo_fallback: bool = True
+) -> tuple[Path | None, str]:
+    """Which file to read and why: (path or None for defaults, where the path came from). With no config file
+    anywhere, the demo's (``./glm-monitor-demo.toml``, left by ``glm-monitor demo``) when ``demo_fallback``."""
     if explicit:
         return Path(explicit), "--config"
     if environ.get(CONFIG_ENV):
         return Path(environ[CONFIG_ENV]), f"${CONFIG_ENV}"
     default = Path(DEFAULT_CONFIG_FILE)
-    return (default, "default location") if default.exists() else (None, "built-in defaults")
+    if default.exists():
+        return default, "default location"
+    demo = Path(DEMO_CONFIG_FILE)
+    if demo_fallback and demo.exists():
+        return demo, "the demo's config, written by glm-monitor demo"
+    return None, "built-in defaults"
 
 
-def load_settings(path: str | os.PathLike[str] | None = None, *, environ: Mapping[str, str] | None = None) -> Settings:
-    """Read and validate the config (see module docstring for where it is looked for).
+def load_settings(
+    path: str | os.PathLike[str] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    demo_fallback: bool = True,
+) -> Settings:
+    """Read and validate the config (see module docstring for where it is looked for). ``demo_fallback``
+    False ignores the demo's config file (``run`` must never take the demo's targets for real ones).
 
     Raises ``ConfigError`` with one message that names the file, each bad key path, its value and the fix.
     """
     env = os.environ if environ is None else environ
-    file, why = config_path(path, env)
+    file, why = config_path(path, env, demo_fallback=demo_fallback)
     if file is None:
         return Settings()
     if not file.is_file():

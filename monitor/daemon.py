@@ -61,6 +61,10 @@ class _MinuteStats:
         return out
 
 
+FIRST_ROLLUP_AFTER_S = 8.0
+"""When the daemon rolls up for the second time after its start (the first probes are stored by then)."""
+
+
 class Daemon:
     """Schedules one probe job per target, limits concurrency per provider, writes results and summaries."""
 
@@ -156,6 +160,15 @@ class Daemon:
         scheduler.add_job(self._summary, "interval", seconds=60, id="housekeeping:summary", **common)
         scheduler.add_job(
             self._refresh_rollups, "interval", seconds=60, id="housekeeping:rollups", next_run_time=now, **common
+        )
+        # Once more soon after start, when the first probes are stored: status and the dashboard read rollups,
+        # and a newcomer should not wait a minute to see the targets they just started.
+        scheduler.add_job(
+            self._refresh_rollups,
+            "date",
+            run_date=now + timedelta(seconds=FIRST_ROLLUP_AFTER_S),
+            id="housekeeping:rollups-first",
+            **common,
         )
         scheduler.add_job(
             self._prune,

@@ -9,14 +9,18 @@ everything on Ctrl-C. Simulated data goes to its own database file so it never m
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import tomli_w
 from sqlalchemy import Engine
+from sqlalchemy.engine import make_url
 
 from monitor.backfill import BackfillTarget, probe_history, traffic_history
-from monitor.config import Settings, settings_from_dict
+from monitor.config import DEMO_CONFIG_FILE, Settings, settings_from_dict
 from monitor.pricing import PriceCatalog
 from monitor.sim import SimServer
 from monitor.sim.profiles import demo_config
@@ -71,12 +75,45 @@ class DemoEnvironment:
     sim: SimServer
     settings: Settings
     environ: dict[str, str]
+    config_file: Path | None = None
 
 
 def demo_settings(
     sim_base_url: str, database_url: str, *, interval_s: float = 15.0, dashboard_port: int | None = None
 ) -> Settings:
     """Settings probing the simulator at ``sim_base_url`` as if it were Z.ai, BigModel and DashScope."""
+    return settings_from_dict(
+        demo_data(sim_base_url, database_url, interval_s=interval_s, dashboard_port=dashboard_port)
+    )
+
+
+def write_demo_config(data: dict[str, Any], path: str | os.PathLike[str] = DEMO_CONFIG_FILE) -> Path:
+    """Write the demo's settings as a config file (a SQLite path made absolute), so that ``status``,
+    ``dashboard`` and ``proxy`` started in this folder without a config find the demo's data, plans and
+    simulator. Returns the file."""
+    data = dict(data)
+    database = dict(data["database"])
+    url = make_url(database["url"])
+    if url.get_backend_name() == "sqlite" and url.database and url.database != ":memory:":
+        database["url"] = url.set(database=str(Path(url.database).resolve())).render_as_string(hide_password=False)
+    data["database"] = database
+    target = Path(path)
+    target.write_text(_DEMO_HEADER + tomli_w.dumps(data), encoding="utf-8")
+    return target
+
+
+_DEMO_HEADER = """\
+# Written by `glm-monitor demo` (and `glm-monitor run` with no targets): the demo's database, plans and
+# simulated providers. `glm-monitor status`, `dashboard` and `proxy` started in this folder use it while there is
+# no glm-monitor.toml; the simulator's address is valid while the demo runs. Delete this file to forget the demo.
+
+"""
+
+
+def demo_data(
+    sim_base_url: str, database_url: str, *, interval_s: float = 15.0, dashboard_port: int | None = None
+) -> dict[str, Any]:
+    """The demo's config data (what ``demo_settings`` validates and ``write_demo_config`` writes)."""
     data: dict[str, Any] = {
         "vantage": DEMO_VANTAGE,
         "dashboard": {"port": dashboard_port or 8501},
@@ -91,7 +128,7 @@ def demo_settings(
         "targets": [{"provider": p, "model": m} for p, m, _ in DEMO_TARGETS],
         "plans": [dict(p) for p in DEMO_PLANS],
     }
-    return settings_from_dict(data)
+    return data
 
 
 def start(
@@ -103,8 +140,14 @@ def start(
 ) -> DemoEnvironment:
     """Start the simulator (``sim_port`` 0: any free port) and build the demo settings around it."""
     sim = SimServer(demo_config(), port=sim_port).start()
-    settings = demo_settings(sim.base_url, database_url, interval_s=interval_s, dashboard_port=dashboard_port)
-    return DemoEnvironment(sim, settings, {"GLM_MONITOR_DEMO_KEY": DEMO_KEY})
+    data = demo_data(sim.base_url, database_url, interval_s=interval_s, dashboard_port=dashboard_port)
+    settings = settings_from_dict(data)
+    try:
+        written: Path | None = write_demo_config(data)
+    except OSError as exc:  # a read-only folder: the demo still runs; only the other commands will not find it
+        log.warning("could not write %s (%s): other commands here will not find the demo", DEMO_CONFIG_FILE, exc)
+        written = None
+    return DemoEnvironment(sim, settings, {"GLM_MONITOR_DEMO_KEY": DEMO_KEY}, written)
 
 
 def backfill(engine: Engine, settings: Settings, days: float, *, now: datetime | None = None) -> int:

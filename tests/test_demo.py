@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -42,14 +43,14 @@ def test_backfill_fills_every_target_with_a_week_of_plausible_history(engine, da
     assert written == usage_total + probe_total
 
 
-def _wait_for_rows(url: str, where, timeout: float = 60.0) -> int:
+def _wait_for_rows(url: str, where, timeout: float = 60.0, table=ProbeResultRow) -> int:
     engine = make_engine(url)
     try:
         end = time.monotonic() + timeout
         while time.monotonic() < end:
             try:
                 with engine.connect() as conn:
-                    n = conn.execute(select(func.count()).select_from(ProbeResultRow).where(where)).scalar_one()
+                    n = conn.execute(select(func.count()).select_from(table).where(where)).scalar_one()
                 if n:
                     return n
             except Exception:
@@ -158,3 +159,66 @@ def test_sigterm_stops_the_command_and_every_child_it_started_and_exits_0(tmp_pa
     assert proc.returncode == 0, out
     _, alive = psutil.wait_procs(children, timeout=15)
     assert alive == [], [p.cmdline() for p in alive]
+
+
+def test_the_first_command_leaves_a_demo_that_status_and_the_proxy_find_in_the_same_folder(tmp_path):
+    """The README's first command with no config, then `status --json` and `proxy` in that folder with no flags:
+    the same database, the same plans, and the proxy's /zai route reaching the demo's simulator."""
+    import httpx
+
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_API_KEY") and k != "GLM_MONITOR_CONFIG"}
+    demo_db = f"sqlite:///{tmp_path / 'glm-monitor-demo.db'}"
+    run = subprocess.Popen(
+        [sys.executable, "-m", "monitor.cli", "run", "--no-dashboard"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
+    proxy = None
+    try:
+        assert _wait_for_rows(demo_db, ProbeResultRow.outcome != "") > 0
+        end = time.monotonic() + 120
+        while True:  # the daemon rolls its probes up within a minute of starting
+            status = subprocess.run(
+                [sys.executable, "-m", "monitor.cli", "status", "--json"],
+                cwd=tmp_path,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            data = json.loads(status.stdout)
+            if data["targets"] or time.monotonic() > end:
+                break
+            time.sleep(3)
+        assert data["state"] != "UNKNOWN", data["summary"]
+        assert {(t["provider"], t["model"]) for t in data["targets"]} >= {("zai", "glm-4.7")}
+        assert {q["plan"] for q in data["quotas"]} == {"zai-free", "coding-pro", "team-budget"}
+
+        port = _free_port()
+        proxy = subprocess.Popen(
+            [sys.executable, "-m", "monitor.cli", "proxy", "--port", str(port)],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=tmp_path,
+            env=env,
+        )
+        assert _wait_for_http(f"http://127.0.0.1:{port}/zai/models", timeout=60)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/zai/chat/completions",
+            json={"model": "glm-4.7-flash", "messages": [{"role": "user", "content": "hi"}], "stream": True},
+            headers={"Authorization": "Bearer my-own-key", "X-Monitor-App": "curl-test"},
+            timeout=60,
+        )
+        assert answer.status_code in (200, 429)  # the simulated free tier throttles now and then
+    finally:
+        for proc in (proxy, run):
+            if proc is not None:
+                proc.send_signal(signal.SIGTERM)
+                out, _ = proc.communicate(timeout=60)
+                assert proc.returncode == 0, out
+    assert _wait_for_rows(demo_db, UsageEventRow.app == "curl-test", table=UsageEventRow) == 1
+    assert not (tmp_path / "glm-monitor.db").exists()
