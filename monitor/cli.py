@@ -118,18 +118,9 @@ def _run_daemon(
 
 def _writer_for(settings: Settings, engine: Engine, prepare: Callable[[], None] | None) -> EventWriter:
     """The started writer of ``[database]`` (its journal and queue bound), running ``prepare`` before it writes."""
-    from monitor.writer import open_writer
+    from monitor.writer import writer_for
 
-    db = settings.database
-    return open_writer(
-        engine,
-        db.url,
-        journal_dir=db.journal_dir,
-        spool_path=db.spool_path,
-        max_queue=db.max_queue,
-        fsync_interval_s=db.fsync_interval,
-        prepare=prepare,
-    )
+    return writer_for(engine, settings.database, prepare)
 
 
 def _start_dashboard(settings: Settings) -> subprocess.Popen[bytes] | None:

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from monitor.spool import decode, encode
+from monitor.spool import decode, encode, replay_lines
 
 log = logging.getLogger(__name__)
 
@@ -300,33 +300,16 @@ class Journal:
         return total
 
     def _replay_orphan(self, path: Path, fd: int, write: WriteRows, batch_size: int) -> int:
-        start = _read_done(path)
-        replayed = 0
         with os.fdopen(os.dup(fd), "rb") as f:
-            f.seek(start)
-            table: str | None = None
-            batch: list[dict[str, Any]] = []
-            position = start
-            for line in f:
-                position += len(line)
-                try:
-                    t, row = decode(line)
-                except ValueError:
-                    self.skipped_lines += 1
-                    log.warning("skipped an unreadable line in journal %s (a torn write?)", path)
-                    continue
-                if batch and (t != table or len(batch) >= batch_size):
-                    assert table is not None
-                    write(table, batch)
-                    replayed += len(batch)
-                    _write_done(path, position - len(line))
-                    batch = []
-                table = t
-                batch.append(row)
-            if batch:
-                assert table is not None
-                write(table, batch)
-                replayed += len(batch)
+            replayed, skipped = replay_lines(
+                f,
+                _read_done(path),
+                write,
+                batch_size=batch_size,
+                progress=lambda offset: _write_done(path, offset),
+                where=f"journal {path}",
+            )
+        self.skipped_lines += skipped
         return replayed
 
     def pending_orphans(self) -> int:

@@ -61,6 +61,41 @@ def decode(line: bytes) -> tuple[str, dict[str, Any]]:
     return obj["t"], obj["r"]
 
 
+def replay_lines(
+    f: BinaryIO, start: int, write: WriteRows, *, batch_size: int, progress: Callable[[int], None], where: str
+) -> tuple[int, int]:
+    """Write the rows of ``f``'s lines from offset ``start`` through ``write(table, rows)``, in batches of one
+    table; ``progress(offset)`` after each batch but the last. Returns (rows replayed, unreadable lines skipped).
+
+    ``write`` raising stops the replay where it is (the caller keeps what ``progress`` was told)."""
+    f.seek(start)
+    replayed = skipped = 0
+    table: str | None = None
+    batch: Rows = []
+    position = start
+    for line in f:
+        position += len(line)
+        try:
+            t, row = decode(line)
+        except ValueError:
+            skipped += 1
+            log.warning("skipped an unreadable line in %s (a torn write after a crash?)", where)
+            continue
+        if batch and (t != table or len(batch) >= batch_size):
+            assert table is not None
+            write(table, batch)
+            replayed += len(batch)
+            progress(position - len(line))
+            batch = []
+        table = t
+        batch.append(row)
+    if batch:
+        assert table is not None
+        write(table, batch)
+        replayed += len(batch)
+    return replayed, skipped
+
+
 class Spool:
     """The spool at ``path`` (created on first append)."""
 
@@ -112,32 +147,11 @@ class Spool:
         """
         if not self.path.exists():
             return 0
-        replayed = 0
         with self._locked("r+b") as f:
-            f.seek(self._offset())
-            table: str | None = None
-            batch: Rows = []
-            position = f.tell()
-            for line in f:
-                position += len(line)
-                try:
-                    t, row = decode(line)
-                except ValueError:
-                    self.skipped_lines += 1
-                    log.warning("skipped an unreadable line in spool %s (a torn write after a crash?)", self.path)
-                    continue
-                if (t != table or len(batch) >= batch_size) and batch:
-                    assert table is not None
-                    write(table, batch)
-                    replayed += len(batch)
-                    self._save_offset(position - len(line))
-                    batch = []
-                table = t
-                batch.append(row)
-            if batch:
-                assert table is not None
-                write(table, batch)
-                replayed += len(batch)
+            replayed, skipped = replay_lines(
+                f, self._offset(), write, batch_size=batch_size, progress=self._save_offset, where=f"spool {self.path}"
+            )
+            self.skipped_lines += skipped
             f.truncate(0)
             f.flush()
             os.fsync(f.fileno())

@@ -28,7 +28,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Boolean, Connection, Dialect, Engine, Table
 from sqlalchemy.engine import make_url
@@ -41,6 +41,9 @@ from monitor.journal import DEFAULT_FSYNC_INTERVAL_S, DeadLetters, Journal, desc
 from monitor.models import Base, UTCDateTime
 from monitor.spool import Spool
 from monitor.store import normalise_url
+
+if TYPE_CHECKING:
+    from monitor.config import DatabaseSettings
 
 log = logging.getLogger(__name__)
 
@@ -1126,24 +1129,37 @@ def _why(exc: BaseException) -> str:
     return f"{type(shown).__name__}: {text}" if text else type(shown).__name__
 
 
-def journal_dir_for(url: str, configured: str | None = None) -> Path:
-    """The journal directory: as configured, else beside a SQLite database file, else ``./glm-monitor.journal``."""
+def _beside_database(url: str, configured: str | None, suffix: str, default: str) -> Path:
+    """As configured, else beside a SQLite database file (``<file><suffix>``), else ``./<default>``."""
     if configured:
         return Path(configured).expanduser()
     parsed = make_url(normalise_url(url))
     if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        return Path(parsed.database + ".journal")
-    return Path("glm-monitor.journal").resolve()
+        return Path(parsed.database + suffix)
+    return Path(default).resolve()
+
+
+def journal_dir_for(url: str, configured: str | None = None) -> Path:
+    """The journal directory: as configured, else beside a SQLite database file, else ``./glm-monitor.journal``."""
+    return _beside_database(url, configured, ".journal", "glm-monitor.journal")
 
 
 def spool_path_for(url: str, configured: str | None = None) -> Path:
     """Where versions before the journal kept their spool file (replayed once at start if one is left)."""
-    if configured:
-        return Path(configured).expanduser()
-    parsed = make_url(normalise_url(url))
-    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
-        return Path(parsed.database + ".spool")
-    return Path("glm-monitor.spool").resolve()
+    return _beside_database(url, configured, ".spool", "glm-monitor.spool")
+
+
+def writer_for(engine: Engine, db: DatabaseSettings, prepare: Callable[[], None] | None = None) -> EventWriter:
+    """``open_writer`` with everything ``[database]`` says (journal, old spool, queue bound, fsync interval)."""
+    return open_writer(
+        engine,
+        db.url,
+        journal_dir=db.journal_dir,
+        spool_path=db.spool_path,
+        max_queue=db.max_queue,
+        fsync_interval_s=db.fsync_interval,
+        prepare=prepare,
+    )
 
 
 def open_writer(

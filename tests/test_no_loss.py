@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -23,15 +22,10 @@ from monitor.models import UsageEventRow
 from monitor.sim import SimServer
 from monitor.sim.profiles import ModelProfile, SimConfig
 from monitor.store import make_engine, upgrade
+from tests.cli_process import ProxyProcess, free_port
 
 TOTAL = 2000
 FAST = ModelProfile(ttft_s=0.0, token_s=0.0, output_tokens=5, cached_share=0.5)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -43,42 +37,8 @@ def sim():
         server.stop()
 
 
-class Proxy:
-    """`glm-monitor proxy` as a user runs it, in its own process (its output kept in a log file)."""
-
-    def __init__(self, config: Path, port: int) -> None:
-        self.config, self.port = config, port
-        self.proc: subprocess.Popen[str] | None = None
-        self.log = config.with_suffix(".log")
-        self.returncodes: list[int] = []
-
-    def start(self) -> None:
-        with open(self.log, "a") as out:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "monitor.cli", "--config", str(self.config), "proxy", "--port", str(self.port)],
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        raise AssertionError("the proxy did not start")
-
-    def signal(self, sig: int, timeout: float = 60) -> int:
-        assert self.proc is not None
-        self.proc.send_signal(sig)
-        code = self.proc.wait(timeout)
-        self.returncodes.append(code)
-        return code
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.signal(signal.SIGTERM)
+def Proxy(config: Path, port: int) -> ProxyProcess:
+    return ProxyProcess(config, port)
 
 
 def post(client: httpx.Client, port: int, i: int, app: str) -> int:

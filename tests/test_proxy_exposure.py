@@ -18,17 +18,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.cli_process import ProxyProcess, free_port
 from tests.fixture_server import FixtureServer, run_fixture_server
 
 TOKEN = "proxy-token-5f1e9a0c"
 FIXTURE = {"X-Fixture": "zai_nonstream_cached_reasoning"}
 BODY = {"model": "glm-4.7", "messages": [{"role": "user", "content": "hi"}]}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def write_config(tmp_path: Path, upstream: str, extra: str = "") -> Path:
@@ -42,47 +37,10 @@ def write_config(tmp_path: Path, upstream: str, extra: str = "") -> Path:
     return config
 
 
-class Proxy:
-    def __init__(self, config: Path, host: str, env: dict[str, str]) -> None:
-        self.port = free_port()
-        self.log = config.with_suffix(".log")
-        with open(self.log, "w") as out:
-            self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "monitor.cli",
-                    "--config",
-                    str(config),
-                    "proxy",
-                    "--host",
-                    host,
-                    "--port",
-                    str(self.port),
-                ],
-                env=env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-        end = time.monotonic() + 60
-        while time.monotonic() < end:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                assert self.proc.poll() is None, self.log.read_text()
-                time.sleep(0.1)
-        raise AssertionError("the proxy did not start")
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> str:
-        self.proc.terminate()
-        assert self.proc.wait(60) == 0
-        return self.log.read_text()
+def Proxy(config: Path, host: str, env: dict[str, str]) -> ProxyProcess:
+    """A started proxy listening on ``host`` (the tests reach it on 127.0.0.1)."""
+    proxy = ProxyProcess(config, host=host, env=env).start()
+    return proxy
 
 
 @pytest.fixture

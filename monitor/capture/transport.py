@@ -374,18 +374,10 @@ _databases: dict[str, DatabaseSettings] = {}
 
 
 def _start_writer(engine: Any, db: DatabaseSettings, prepare: Callable[[], None] | None = None) -> EventWriter:
-    from monitor.writer import open_writer
+    from monitor.writer import writer_for
 
     # The same journal directory as the daemon and the proxy of this database (each process has its own file).
-    writer = open_writer(
-        engine,
-        db.url,
-        journal_dir=db.journal_dir,
-        spool_path=db.spool_path,
-        max_queue=db.max_queue,
-        fsync_interval_s=db.fsync_interval,
-        prepare=prepare,
-    )
+    writer = writer_for(engine, db, prepare)
     atexit.register(writer.close, 30.0)
     return writer
 
