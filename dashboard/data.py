@@ -12,6 +12,7 @@ GIL, so every section waited for all of them — bench/dashboard.py, BENCHMARKS.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -45,13 +46,14 @@ def engine(url: str) -> Engine:
 
 @st.cache_resource(show_spinner=False)
 def catalog(prices_json: str) -> PriceCatalog:
-    """The price catalog with the config's overrides (``prices_json``: the ``prices`` list as JSON)."""
-    return PriceCatalog(Settings.model_validate_json(f'{{"prices": {prices_json}}}').prices)
+    """The price catalog with the config's overrides and accounting zone (``prices_json``: from ``prices_json``)."""
+    return Settings.model_validate_json(prices_json).price_catalog()
 
 
 def prices_json(settings: Settings) -> str:
-    """The config's price overrides as JSON: the cache key of ``catalog``."""
-    return "[" + ",".join(rule.model_dump_json() for rule in settings.prices) + "]"
+    """The config's price overrides and display zone as JSON: the cache key of ``catalog``."""
+    rules = ",".join(rule.model_dump_json() for rule in settings.prices)
+    return f'{{"timezone": {json.dumps(settings.timezone)}, "prices": [{rules}]}}'
 
 
 @dataclass(frozen=True, slots=True)

@@ -462,14 +462,16 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 def cmd_prices(args: argparse.Namespace) -> int:
     """Print the price catalog in effect, with the source of each row."""
-    from monitor.pricing import PriceCatalog
 
     settings = _settings(args)
-    at = datetime.combine(args.at, datetime.min.time(), UTC) if args.at else datetime.now(UTC)
-    rows = PriceCatalog(settings.prices).rows(at)
+    catalog = settings.price_catalog()
+    day = args.at or catalog.accounting_day(datetime.now(UTC))
+    rows = catalog.rows(day)
     if args.provider:
         rows = [r for r in rows if r.provider == args.provider]
-    table = Table(title=f"Prices in effect on {at.date().isoformat()} (per 1M tokens; images per image)")
+    table = Table(
+        title=f"Prices in effect on {day.isoformat()} ({settings.timezone} day; per 1M tokens; images per image)"
+    )
     for col in ("provider", "model", "cur"):
         table.add_column(col, no_wrap=True)
     for col in ("input", "cached in", "cache write", "output", "per image", "from"):
@@ -553,10 +555,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 def _print_probe_costs(settings: Settings) -> None:
     """Per target: interval after the budget, probes per 30 days and their worst-case cost."""
     from monitor.budget import monthly_probe_cost
-    from monitor.pricing import PriceCatalog
     from monitor.scheduler import resolve_targets
 
-    catalog = PriceCatalog(settings.prices)
+    catalog = settings.price_catalog()
     now = datetime.now(UTC)
     for st in resolve_targets(settings, {}):
         probes, cost = monthly_probe_cost(

@@ -25,7 +25,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 
 from monitor.errors import ConfigError
 from monitor.money import Currency
-from monitor.pricing import PriceRule
+from monitor.pricing import PriceCatalog, PriceRule
 from monitor.providers import BUILTIN_PROVIDERS, Provider, custom_provider, with_base_url
 from monitor.redact import redact
 
@@ -267,6 +267,10 @@ class Settings(_Section):
     dashboard: DashboardSettings = DashboardSettings()
     proxy: ProxySettings = ProxySettings()
     source: Path | None = Field(None, exclude=True)
+
+    def price_catalog(self) -> PriceCatalog:
+        """The price catalog of this config: its ``[[prices]]`` overrides, days in its display ``timezone``."""
+        return PriceCatalog(self.prices, zone=self.timezone)
 
     def catalog(self) -> dict[str, Provider]:
         """Every provider this config knows: built-ins (with overrides applied) and ``custom:<name>`` ones."""

@@ -32,7 +32,6 @@ from monitor.events import ProbeResult
 from monitor.fx import fetch_daily
 from monitor.logfmt import kv
 from monitor.models import ProbeResultRow
-from monitor.pricing import PriceCatalog
 from monitor.probe import run_probe, usage_event_of
 from monitor.quota_poller import DEFAULT_POLL_INTERVAL_S, poll_quota_async
 from monitor.rollup import prune_raw, refresh_rollups
@@ -81,7 +80,7 @@ class Daemon:
         self.engine = engine
         self.writer = writer
         self.targets = targets if targets is not None else resolve_targets(settings, environ)
-        self.catalog = PriceCatalog(settings.prices)
+        self.catalog = settings.price_catalog()
         self._stats = _MinuteStats()
         self._inflight: set[asyncio.Task[Any]] = set()
         self._semaphores: dict[str, asyncio.Semaphore] = {}

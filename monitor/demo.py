@@ -21,7 +21,6 @@ from sqlalchemy.engine import make_url
 
 from monitor.backfill import BackfillTarget, probe_history, traffic_history
 from monitor.config import DEMO_CONFIG_FILE, Settings, settings_from_dict
-from monitor.pricing import PriceCatalog
 from monitor.sim import SimServer
 from monitor.sim.profiles import demo_config
 from monitor.writer import write_events
@@ -154,7 +153,7 @@ def backfill(engine: Engine, settings: Settings, days: float, *, now: datetime |
     """Write ``days`` of simulated probe history and traffic ending at ``now``; returns the number of events."""
     end = now or datetime.now(UTC)
     start_ts = end - timedelta(days=days)
-    catalog = PriceCatalog(settings.prices)
+    catalog = settings.price_catalog()
     profiles = demo_config().models
     targets = [BackfillTarget(p, m, profiles[m]) for p, m, _ in DEMO_TARGETS]
     written = 0

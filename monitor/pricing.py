@@ -32,11 +32,12 @@ import threading
 from bisect import bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, time
 from decimal import Decimal
 from functools import cache
 from importlib.metadata import version
 from typing import TYPE_CHECKING
+from zoneinfo import ZoneInfo
 
 from monitor.genai_linear import linear_price
 from monitor.money import Cost, Currency
@@ -148,6 +149,15 @@ def _counts(usage: Usage) -> _Counts | None:
         output=max(usage.output_tokens or 0, usage.reasoning_tokens or 0),
         images=usage.images or 0,
     )
+
+
+ACCOUNTING_ZONE = "Asia/Tokyo"
+"""The default accounting zone (the default display ``timezone``): price days and exchange-rate days are its days."""
+
+
+def _noon_utc(day: date) -> datetime:
+    """An instant genai-prices reads as ``day`` (its start dates are UTC days)."""
+    return datetime.combine(day, time(12), UTC)
 
 
 def _utc(at: datetime) -> datetime:
@@ -268,7 +278,14 @@ class PriceCatalog:
     rules of one source take effect for the same (provider, model) on the same day.
     """
 
-    def __init__(self, overrides: Sequence[PriceRule] = (), *, data: Sequence[PriceRule] | None = None) -> None:
+    def __init__(
+        self,
+        overrides: Sequence[PriceRule] = (),
+        *,
+        data: Sequence[PriceRule] | None = None,
+        zone: str = ACCOUNTING_ZONE,
+    ) -> None:
+        self.zone = ZoneInfo(zone)
         self._overrides = _Timeline(overrides, origin="config [[prices]]")
         self._data = _Timeline(load_price_data() if data is None else data, origin="price data")
         self._reported: set[tuple[str, ...]] = set()
@@ -295,8 +312,8 @@ class PriceCatalog:
             return None
         if counts is None:
             return None
-        at = _utc(at)
-        day = at.date()
+        day = self.accounting_day(at)
+        at = _noon_utc(day)  # genai-prices' dates are UTC days: its price of the same accounting day
 
         rule = self._overrides.in_force(provider, model, day)
         if rule is not None:
@@ -331,10 +348,16 @@ class PriceCatalog:
         )
         return None
 
-    def rows(self, at: datetime) -> list[PriceRow]:
-        """The catalog in force at ``at``: one row per (provider, model) from the source that wins, sorted."""
-        at = _utc(at)
-        day = at.date()
+    def accounting_day(self, at: datetime) -> date:
+        """The day a request at ``at`` is priced by: its day in the catalog's zone (the display zone), the same
+        day its exchange rate is taken from. A naive ``at`` is UTC."""
+        return _utc(at).astimezone(self.zone).date()
+
+    def rows(self, at: datetime | date) -> list[PriceRow]:
+        """The catalog in force at ``at`` (an instant, or an accounting day): one row per (provider, model) from
+        the source that wins, sorted."""
+        day = at if not isinstance(at, datetime) else self.accounting_day(at)
+        at = _noon_utc(day)
         rows: dict[tuple[str, str], PriceRow] = {}
         for rule in self._overrides.all_in_force(day):
             rows[(rule.provider, rule.model)] = _rule_row(rule, _rule_source(rule, OVERRIDE_SOURCE))

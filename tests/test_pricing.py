@@ -180,9 +180,10 @@ def test_override_timeline_old_request_keeps_old_price() -> None:
     )
     usage = Usage(input_tokens=1_000_000, output_tokens=1_000_000)
 
-    last_old_second = catalog.quote("zai", "glm-4.7", usage, datetime(2026, 5, 31, 23, 59, 59, tzinfo=UTC))
-    first_new = catalog.quote("zai", "glm-4.7", usage, datetime(2026, 6, 1, 0, 0, tzinfo=UTC))
-    before_any_override = catalog.quote("zai", "glm-4.7", usage, datetime(2025, 12, 31, tzinfo=UTC))
+    # the border is midnight of the accounting day (the display zone, Asia/Tokyo by default)
+    last_old_second = catalog.quote("zai", "glm-4.7", usage, datetime(2026, 5, 31, 23, 59, 59, tzinfo=JST))
+    first_new = catalog.quote("zai", "glm-4.7", usage, datetime(2026, 6, 1, 0, 0, tzinfo=JST))
+    before_any_override = catalog.quote("zai", "glm-4.7", usage, datetime(2025, 12, 31, tzinfo=JST))
 
     assert last_old_second is not None and first_new is not None and before_any_override is not None
     assert last_old_second.cost == Cost(Decimal("2.50"), "USD")
@@ -191,11 +192,11 @@ def test_override_timeline_old_request_keeps_old_price() -> None:
     assert first_new.effective_from == date(2026, 6, 1)
     assert last_old_second.source == first_new.source == "config override"
     # before its first rule the override is not in force: the catalog's own price applies
-    assert before_any_override.cost == Cost(Decimal("2.80"), "USD")
+    assert before_any_override.cost == Cost(IN + OUT, "USD")
     assert before_any_override.source.startswith("genai-prices")
 
 
-def test_effective_day_is_the_utc_day_of_the_request() -> None:
+def test_effective_day_is_the_accounting_day_of_the_request() -> None:
     catalog = PriceCatalog(
         [
             rule(
@@ -208,25 +209,39 @@ def test_effective_day_is_the_utc_day_of_the_request() -> None:
     )
     usage = Usage(input_tokens=1_000_000)
 
-    # 08:00 on June 1 in Tokyo is still May 31 in UTC; a naive datetime is read as UTC
+    # 08:00 on June 1 in Tokyo is still May 31 in UTC, but June 1 is its accounting day (Asia/Tokyo by default);
+    # 23:30 UTC on May 31 is 08:30 on June 1 in Tokyo; a naive datetime is read as UTC
     tokyo_morning = datetime(2026, 6, 1, 8, 0, tzinfo=JST)
-    naive_june_1 = datetime(2026, 6, 1, 0, 30)
+    naive_late_may_31 = datetime(2026, 5, 31, 23, 30)
+    tokyo_late_may_31 = datetime(2026, 5, 31, 23, 30, tzinfo=JST)
 
-    assert catalog.price("custom:lab", "glm-4.7", usage, tokyo_morning) == Cost(Decimal(100), "JPY")
-    assert catalog.price("custom:lab", "glm-4.7", usage, naive_june_1) == Cost(Decimal(200), "JPY")
+    assert catalog.price("custom:lab", "glm-4.7", usage, tokyo_morning) == Cost(Decimal(200), "JPY")
+    assert catalog.price("custom:lab", "glm-4.7", usage, naive_late_may_31) == Cost(Decimal(200), "JPY")
+    assert catalog.price("custom:lab", "glm-4.7", usage, tokyo_late_may_31) == Cost(Decimal(100), "JPY")
+    # a catalog kept in UTC days cuts at UTC midnight instead
+    assert PriceCatalog(zone="UTC").accounting_day(tokyo_morning) == date(2026, 5, 31)
 
 
-def test_genai_prices_dated_price_change_of_glm_5_3_flash_on_zai(catalog: PriceCatalog) -> None:
+def test_genai_prices_dated_prices_are_read_for_the_accounting_day(catalog: PriceCatalog) -> None:
+    """genai-prices dates its prices in UTC days; a request gets genai's price of its accounting day (the same
+    day as its exchange rate), whatever the installed release's prices are."""
+    from genai_prices import Usage as GenaiUsage
+    from genai_prices import calc_price
+
     usage = Usage(input_tokens=1_000_000, cached_input_tokens=0, output_tokens=1_000_000)
+    genai_usage = GenaiUsage(input_tokens=1_000_000, output_tokens=1_000_000)
+    late_on_the_9th = datetime(2026, 9, 9, 23, 59, tzinfo=JST)
+    early_on_the_10th = datetime(2026, 9, 10, 0, 0, tzinfo=JST)  # still the 9th in UTC
 
-    promo = catalog.quote("zai", "glm-5.3-flash", usage, datetime(2026, 9, 9, 23, 59, tzinfo=UTC))
-    listed = catalog.quote("zai", "glm-5.3-flash", usage, datetime(2026, 9, 10, 0, 0, tzinfo=UTC))
-
-    assert promo is not None and listed is not None
-    assert promo.cost == Cost(Decimal("0.325"), "USD")  # 0.075 in + 0.25 out (launch promotion)
-    assert listed.cost == Cost(Decimal("0.65"), "USD")  # 0.15 in + 0.50 out (list price)
-    assert promo.effective_from is None
-    assert listed.effective_from == date(2026, 9, 10)
+    for at, day in ((late_on_the_9th, 9), (early_on_the_10th, 10)):
+        quote = catalog.quote("zai", "glm-5.3-flash", usage, at)
+        expected = calc_price(
+            genai_usage,
+            "glm-5.3-flash",
+            provider_id="zai",
+            genai_request_timestamp=datetime(2026, 9, day, 12, tzinfo=UTC),
+        )
+        assert quote is not None and quote.cost == Cost(expected.total_price, "USD")
 
 
 def test_data_file_timeline_bigmodel_glm_5_3_flash_promotion_then_list_price(catalog: PriceCatalog) -> None:
@@ -701,3 +716,52 @@ def test_flat_genai_prices_computed_directly_equal_calc_price_for_every_glm_mode
         assert got == expected
 
     same()
+
+
+def test_one_accounting_day_a_price_override_and_an_exchange_rate_change_at_the_same_local_midnight(engine):
+    """A price override from 2026-11-16 and a rate stored for 2026-11-16: a request at 00:30 JST on the 16th gets
+    both the new price and the new rate; one at 23:30 JST on the 15th gets both old ones (issue 13)."""
+    from monitor import analytics
+    from monitor.analytics import Filters
+    from monitor.events import UsageEvent
+    from monitor.fx import store_rates
+    from monitor.outcomes import Outcome
+    from monitor.rollup import refresh_rollups
+    from monitor.writer import write_events
+
+    base = dict(provider="custom:box", model="m", currency="USD", input_per_mtok=1, output_per_mtok=0)
+    catalog = PriceCatalog(
+        [rule(**base, effective_from="2026-11-01"), rule(**{**base, "input_per_mtok": 2}, effective_from="2026-11-16")]
+    )
+    store_rates(engine, date(2026, 11, 15), {"USD": Decimal(150)}, "test")
+    store_rates(engine, date(2026, 11, 16), {"USD": Decimal(160)}, "test")
+    before = datetime(2026, 11, 15, 14, 30, tzinfo=UTC)  # 23:30 JST on the 15th
+    after = datetime(2026, 11, 15, 15, 30, tzinfo=UTC)  # 00:30 JST on the 16th
+    usage = Usage(input_tokens=1_000_000, output_tokens=0)
+    events = []
+    for at in (before, after):
+        quote = catalog.quote("custom:box", "m", usage, at)
+        events.append(
+            UsageEvent(
+                ts=at,
+                source="proxy",
+                provider="custom:box",
+                model="m",
+                vantage="t",
+                outcome=Outcome.OK,
+                usage=usage,
+                cost=quote.cost,
+                price_source=quote.source,
+            )
+        )
+    assert [e.cost for e in events] == [Cost(Decimal(1), "USD"), Cost(Decimal(2), "USD")]
+    # UTC midnight is not the border: 23:30 UTC on the 15th is already the 16th in Tokyo
+    assert catalog.accounting_day(datetime(2026, 11, 15, 23, 30, tzinfo=UTC)) == date(2026, 11, 16)
+    assert PriceCatalog(zone="UTC").accounting_day(after) == date(2026, 11, 15)
+
+    write_events(engine, events)
+    refresh_rollups(engine, now=datetime(2026, 11, 17, tzinfo=UTC))
+    window = Filters(datetime(2026, 11, 15, tzinfo=UTC), datetime(2026, 11, 17, tzinfo=UTC))
+    days = analytics.costs(engine, window, period="day", by=(), zone="Asia/Tokyo", catalog=catalog)
+    by_day = {str(r.period): (r.jpy, r.usd_jpy) for r in days.itertuples()}
+    assert by_day == {"2026-11-15": (Decimal(150), Decimal(150)), "2026-11-16": (Decimal(320), Decimal(160))}

@@ -706,7 +706,7 @@ def build_app(
         sink,
         vantage=settings.vantage,
         stats=stats,
-        catalog=catalog if catalog is not None else PriceCatalog(settings.prices),
+        catalog=catalog if catalog is not None else settings.price_catalog(),
         timeout=upstream_timeout,
         token=token,
         max_body=settings.proxy.max_body,

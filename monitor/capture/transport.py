@@ -465,7 +465,7 @@ class Recorder:
             if vantage is None and settings is not None:
                 self.vantage = settings.vantage
             if catalog is None and settings is not None and settings.prices:
-                self.catalog = PriceCatalog(settings.prices)
+                self.catalog = settings.price_catalog()
             self.sink = sink if sink is not None else _SharedSink(_settings(settings).database)
         except Exception as exc:
             self.sink = None
