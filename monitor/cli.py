@@ -306,7 +306,9 @@ def cmd_proxy(args: argparse.Namespace) -> int:
         )
     for provider in catalog.values():
         for ep in provider.endpoints:
-            console.print(f"  http://{host}:{port}/{ep.route}/... -> {ep.base_url}/...", highlight=False)
+            console.print(
+                f"  http://{host}:{port}/{ep.route}/... -> {ep.base_url}/...", highlight=False, soft_wrap=True
+            )
     writer = _writer_for(settings, engine, prepare)
     if prepare is not None:
         err_console.print("the database is unreachable: recording to the journal until it is back (then migrating it)")

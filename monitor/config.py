@@ -26,7 +26,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationEr
 from monitor.errors import ConfigError
 from monitor.money import Currency
 from monitor.pricing import PriceCatalog, PriceRule
-from monitor.providers import BUILTIN_PROVIDERS, Provider, custom_provider, with_base_url
+from monitor.providers import BUILTIN_PROVIDERS, Provider, custom_provider, with_base_url, with_endpoint_url
 from monitor.redact import redact
 
 CONFIG_ENV = "GLM_MONITOR_CONFIG"
@@ -91,6 +91,7 @@ class ProviderSettings(_Section):
 
     api_key_env: EnvVarName | None = None
     base_url: str | None = None
+    endpoints: dict[str, Annotated[str, Field(pattern=r"^https?://")]] = Field(default_factory=dict)
     max_concurrency: int | None = Field(None, ge=1)
 
 
@@ -98,7 +99,7 @@ class CustomProviderSettings(_Section):
     """A user's OpenAI-compatible server (vLLM, SGLang, ...), known as provider ``custom:<name>``."""
 
     base_url: str = Field(pattern=r"^https?://")
-    dialect: Literal["openai"] = "openai"
+    dialect: Literal["openai", "anthropic", "dashscope"] = "openai"
     api_key_env: EnvVarName | None = None
     currency: Currency | None = None
     cost_per_hour: Decimal | None = Field(None, ge=0)
@@ -279,6 +280,9 @@ class Settings(_Section):
             override = self.providers.get(pid)
             if override and override.base_url:
                 provider = with_base_url(provider, override.base_url)
+            for route, url in (override.endpoints if override else {}).items():
+                if any(ep.route == route for ep in provider.endpoints):  # an unknown route: _cross_check says so
+                    provider = with_endpoint_url(provider, route, url)
             if override and override.api_key_env:
                 provider = _replace_key_env(provider, override.api_key_env)
             out[pid] = provider
@@ -501,12 +505,22 @@ def _cross_check(s: Settings) -> list[str]:
     problems: list[str] = []
     catalog = s.catalog()
     known = ", ".join(sorted(catalog))
-    for pid in s.providers:
+    for pid, override in s.providers.items():
         if pid not in BUILTIN_PROVIDERS:
             problems.append(
                 f"providers.{pid}: unknown built-in provider; expected one of {', '.join(BUILTIN_PROVIDERS)} "
                 f"(declare your own server under [custom.{pid}] instead)"
             )
+            continue
+        routes = [ep.route for ep in BUILTIN_PROVIDERS[pid].endpoints]
+        for route in override.endpoints:
+            if route not in routes:
+                hint = difflib.get_close_matches(route, routes, n=1)
+                problems.append(
+                    f"providers.{pid}.endpoints.{route}: {pid} has no endpoint of this name"
+                    + (f"; did you mean {hint[0]!r}?" if hint else "")
+                    + f" Its endpoints: {', '.join(routes)}"
+                )
     plan_names = [p.name for p in s.plans]
     for i, name in enumerate(plan_names):
         if plan_names.index(name) != i:

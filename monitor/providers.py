@@ -189,18 +189,23 @@ def custom_provider(
     currency: Currency | None = None,
     dialect: Dialect = "openai",
 ) -> Provider:
-    """A user's OpenAI-compatible server (vLLM, SGLang, ...) as provider ``custom:<name>``.
+    """A user's server as provider ``custom:<name>``: OpenAI-compatible (vLLM, SGLang, a gateway), or speaking
+    the anthropic or DashScope dialect (a company gateway in front of Claude-compatible endpoints).
 
-    Thinking is turned off through the chat template, which is how vLLM and SGLang expose GLM's switch.
+    On an openai-dialect server thinking is turned off through the chat template, which is how vLLM and SGLang
+    expose GLM's switch.
     """
     return Provider(
         id=f"custom:{name}",
         name=f"{name} (custom)",
-        endpoints=(Endpoint(name, base_url.rstrip("/"), dialect),),
+        endpoints=(
+            Endpoint(name, base_url.rstrip("/"), dialect, auth="x-api-key" if dialect == "anthropic" else "bearer"),
+        ),
         billing="pay_as_you_go" if currency else "none",
         currency=currency,
         api_key_env=api_key_env,
-        thinking_off=_frozen({"chat_template_kwargs": {"enable_thinking": False}}),
+        # vLLM's and SGLang's switch; other dialects' servers get no extra field they might refuse.
+        thinking_off=_frozen({"chat_template_kwargs": {"enable_thinking": False}} if dialect == "openai" else {}),
     )
 
 
@@ -208,6 +213,16 @@ def with_base_url(provider: Provider, base_url: str) -> Provider:
     """``provider`` with its default endpoint moved to ``base_url`` (e.g. to point it at the simulator)."""
     first = replace(provider.endpoints[0], base_url=base_url.rstrip("/"))
     return replace(provider, endpoints=(first, *provider.endpoints[1:]))
+
+
+def with_endpoint_url(provider: Provider, route: str, base_url: str) -> Provider:
+    """``provider`` with its endpoint named ``route`` moved to ``base_url``; KeyError if it has no such endpoint."""
+    if not any(ep.route == route for ep in provider.endpoints):
+        raise KeyError(route)
+    endpoints = tuple(
+        replace(ep, base_url=base_url.rstrip("/")) if ep.route == route else ep for ep in provider.endpoints
+    )
+    return replace(provider, endpoints=endpoints)
 
 
 def _norm(url: str) -> tuple[str, str, str]:
