@@ -348,6 +348,14 @@ def _classify(status: int, headers: dict[str, str], body: bytes, now: datetime |
         outcome = _error_outcome(error, effective_status)
         code = _clean_code(error.code) or _clean_code(error.type)
         message = error.message or _status_summary(effective_status, body)
+    elif 200 <= status < 300 and _is_html(stripped, headers):
+        # A model API never answers with a page: a gateway, captive portal or login wall did, with a 200.
+        return Classification(
+            Outcome.SERVER_ERROR,
+            message=_clean_message(
+                f"HTTP {status} with an HTML page instead of an API answer: {summary or '(not kept)'}"
+            ),
+        )
     elif 200 <= status < 300:
         finish_outcome = _finish_outcome(finish)
         if finish_outcome is None:
@@ -722,6 +730,14 @@ def _loose_message(value: Any) -> str | None:
     if not isinstance(value, dict):
         return None
     return _first_text(value, ("message", "msg", "detail", "error_description", "title"))
+
+
+def _is_html(text: str, headers: dict[str, str]) -> bool:
+    """Whether a body is an HTML page (by its content type, or by how it starts)."""
+    if "text/html" in headers.get("content-type", "").lower():
+        return True
+    head = text[:15].lower()
+    return head.startswith(("<!doctype html", "<html"))
 
 
 def _text_summary(text: str, headers: dict[str, str]) -> str:

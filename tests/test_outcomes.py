@@ -766,3 +766,21 @@ def test_arbitrary_sse_never_raises(status: int, headers: dict[str, str], events
 @given(st.text() | st.none(), st.sampled_from(list(Outcome)))
 def test_stream_end_never_raises(reason: str | None, outcome: Outcome) -> None:
     _check(classify_stream_end(Classification(outcome), reason))
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [{"content-type": "text/html; charset=utf-8"}, {"content-type": "application/json"}, {}],
+    ids=["html-type", "mislabelled", "no-type"],
+)
+def test_a_200_with_an_html_page_is_not_ok(headers):
+    page = b"<!DOCTYPE html><html><head><title>Sign in to the corporate network</title></head><body>...</body></html>"
+    verdict = classify(200, headers, page)
+    assert verdict.outcome == Outcome.SERVER_ERROR
+    assert "HTML page" in verdict.message and "Sign in to the corporate network" in verdict.message
+
+
+def test_a_200_html_content_type_with_no_body_kept_is_not_ok_either():
+    # bodies larger than the recorder keeps reach classify empty: the content type alone tells
+    assert classify(200, {"content-type": "text/html"}, b"").outcome == Outcome.SERVER_ERROR
+    assert classify(200, {"content-type": "text/event-stream"}, b"").outcome == Outcome.OK
