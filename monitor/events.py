@@ -15,6 +15,7 @@ from typing import Any, Literal, Protocol
 
 from monitor.money import Cost
 from monitor.outcomes import Outcome
+from monitor.request_kind import RequestKind
 from monitor.usage import Usage
 
 EventSource = Literal["probe", "transport", "proxy"]
@@ -100,6 +101,7 @@ class UsageEvent:
     ttft_ms: float | None = None
     cost: Cost | None = None
     price_source: str | None = None
+    kind: RequestKind = "generation"
     event_id: str = field(default_factory=new_event_id)
 
     table = "usage_events"
@@ -122,6 +124,7 @@ class UsageEvent:
             "retry_after_s": self.retry_after_s,
             "latency_ms": self.latency_ms,
             "ttft_ms": self.ttft_ms,
+            "kind": self.kind,
             **_usage_columns(self.usage),
             **_cost_columns(self.cost, self.price_source),
         }

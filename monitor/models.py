@@ -148,6 +148,7 @@ class UsageEventRow(_TokenColumns, _CostColumns, _OutcomeColumns, Base):
     request_id: Mapped[str | None] = mapped_column(String(128))
     finish_reason: Mapped[str | None] = mapped_column(String(32))
     complete: Mapped[bool] = mapped_column(Boolean, default=True)
+    kind: Mapped[str | None] = mapped_column(String(16))  # monitor.request_kind; None: a generation
 
 
 class QuotaSnapshotRow(Base):

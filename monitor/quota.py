@@ -89,7 +89,7 @@ from monitor.models import (
 from monitor.money import CURRENCIES, Cost, Currency
 from monitor.outcomes import THROTTLED, Outcome
 from monitor.quota_poller import TIME_LIMIT, TOKENS_LIMIT, WINDOW_5H, WINDOW_MONTH, WINDOW_WEEK, plan_key
-from monitor.rollup import COST_SCALE, floor_hour, hour_runs
+from monitor.rollup import COST_SCALE, counted_kind, floor_hour, hour_runs
 
 __all__ = [
     "OFFICIAL_MAX_AGE",
@@ -203,6 +203,7 @@ class _Scope:
             conds.append(UsageEventRow.source.in_(self.sources))
         if self.admitted_only:
             conds.append(UsageEventRow.outcome.not_in(REFUSED_OUTCOMES))
+        conds.append(counted_kind(UsageEventRow.kind))  # token counts and the like burn no quota
         return and_(*conds)
 
     def rollup_where(self, table: Any) -> list[ColumnElement[bool]]:

@@ -75,6 +75,7 @@ from sqlalchemy import (
 )
 from sqlalchemy import cast as sql_cast
 from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import InstrumentedAttribute
 
 from monitor.models import (
     OutcomeHourlyRow,
@@ -87,6 +88,7 @@ from monitor.models import (
     UTCDateTime,
 )
 from monitor.outcomes import THROTTLED, Outcome
+from monitor.request_kind import COUNTED_KINDS
 from monitor.rollup_days import DEFAULT_DAY_ZONES, keep_zones, recompute_days
 
 log = logging.getLogger(__name__)
@@ -487,6 +489,11 @@ def _outcome_rollup(conn: Connection, inner: Subquery, *, source_col: ColumnElem
     )
 
 
+def counted_kind(kind: ColumnElement[str | None] | InstrumentedAttribute[str | None]) -> ColumnElement[bool]:
+    """Whether a usage row's ``kind`` counts toward quotas, rates and spend (``COUNTED_KINDS``; None does)."""
+    return or_(kind.is_(None), kind.in_(COUNTED_KINDS))
+
+
 def _recompute_usage(conn: Connection, start: datetime, end: datetime) -> None:
     u = cast(Table, UsageEventRow.__table__)
     inner = (
@@ -510,7 +517,9 @@ def _recompute_usage(conn: Connection, start: datetime, end: datetime) -> None:
             u.c.cost_currency,
             u.c.ts,
         )
-        .where(u.c.ts >= start, u.c.ts < end)
+        # Token counts, model lists and the like are recorded but burn no quota, cost nothing and are not
+        # requests for rates: the rollups (and so every figure) hold the counted kinds only.
+        .where(u.c.ts >= start, u.c.ts < end, counted_kind(u.c.kind))
         .subquery()
     )
     i = inner.c

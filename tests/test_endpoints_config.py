@@ -82,3 +82,62 @@ def test_claude_code_traffic_follows_a_redirected_anthropic_endpoint_and_a_custo
         ("custom:claude-gw", "ok", 5),
     ]
     assert all(inp and inp > 0 for _, _, inp, _ in rows)
+
+
+def test_claude_codes_count_tokens_calls_are_recorded_as_token_counts_and_burn_no_plan(tmp_path, sim):
+    """Claude Code sends POST /v1/messages/count_tokens before many turns: recorded as what it is, never as a
+    prompt of the Coding Plan (5 of them used to move a plan's `used` from 2 to 7)."""
+    from monitor.config import load_settings
+    from monitor.quota import quota_statuses
+    from monitor.rollup import refresh_rollups
+    from monitor.store import make_engine
+
+    db = tmp_path / "proxy.db"
+    config = tmp_path / "proxy.toml"
+    config.write_text(
+        f'[database]\nurl = "sqlite:///{db}"\njournal_dir = "{tmp_path / "journal"}"\n\n'
+        f'[providers.zai-coding]\nendpoints = {{ zai-anthropic = "{sim.base_url}/api/anthropic" }}\n\n'
+        '[[plans]]\nkind = "coding_plan"\nname = "pro"\nprovider = "zai-coding"\nlevel = "pro"\nunit = "prompts"\n'
+        "five_hour_limit = 600\nweekly_limit = 6000\npoll_quota = false\n"
+    )
+    proxy = ProxyProcess(config).start()
+    try:
+        client = anthropic.Anthropic(base_url=f"{proxy.url}/zai-anthropic", api_key="sk-test-key")
+        messages = [{"role": "user", "content": "write a haiku about quotas"}]
+        for _ in range(2):
+            client.messages.create(model="glm-4.7", max_tokens=16, messages=messages)
+        counts = [client.messages.count_tokens(model="glm-4.7", messages=messages) for _ in range(5)]
+    finally:
+        proxy.stop()
+    assert all(c.input_tokens > 0 for c in counts)
+    with sqlite3.connect(db) as conn:
+        kinds = conn.execute("SELECT kind, outcome, cost_amount IS NULL FROM usage_events ORDER BY id").fetchall()
+    assert [k for k, _, _ in kinds] == ["generation"] * 2 + ["token_count"] * 5
+    assert {o for _, o, _ in kinds} == {"ok"}
+
+    engine = make_engine(f"sqlite:///{db}")
+    refresh_rollups(engine)
+    five_hours = next(q for q in quota_statuses(engine, load_settings(config)) if q.window == "5 hours")
+    engine.dispose()
+    assert five_hours.used == 2
+
+
+@pytest.mark.parametrize(
+    ("path", "kind"),
+    [
+        ("/chat/completions", "generation"),
+        ("/v1/messages", "generation"),
+        ("/v1/messages/count_tokens", "token_count"),
+        ("/v1/messages/count_tokens?beta=true", "token_count"),
+        ("/services/aigc/text-generation/generation", "generation"),
+        ("/embeddings", "embedding"),
+        ("/images/generations", "image"),
+        ("/services/aigc/text2image/image-synthesis", "image"),
+        ("/models", "model_list"),
+        ("/files", "other"),
+    ],
+)
+def test_request_kinds_by_path(path, kind):
+    from monitor.request_kind import request_kind
+
+    assert request_kind(path) == kind

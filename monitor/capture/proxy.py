@@ -56,6 +56,7 @@ from monitor.exposure import required_token
 from monitor.pricing import PriceCatalog
 from monitor.providers import Provider
 from monitor.redact import credentials, mask_values
+from monitor.request_kind import request_kind
 from monitor.signals import stop_on_signals
 
 __all__ = [
@@ -421,6 +422,7 @@ class ProxyApp:
                 endpoint=route.endpoint,
                 request=info,
                 secrets=credentials(headers, scope.get("query_string", b"")),
+                kind=request_kind(rest.decode("latin-1")),
                 source="proxy",
                 vantage=self.vantage,
                 app=app,

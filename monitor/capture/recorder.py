@@ -42,6 +42,7 @@ from monitor.outcomes import (
 from monitor.pricing import PriceCatalog, default_catalog
 from monitor.providers import Endpoint, Provider
 from monitor.redact import mask_values, redact
+from monitor.request_kind import RequestKind
 from monitor.usage import Usage, UsageParser
 
 log = logging.getLogger(__name__)
@@ -154,6 +155,7 @@ class Exchange:
         "app",
         "catalog",
         "endpoint",
+        "kind",
         "provider",
         "secrets",
         "sink",
@@ -171,6 +173,7 @@ class Exchange:
         request_body: bytes | None = None,
         stream_asked: bool = False,
         secrets: tuple[str, ...] = (),
+        kind: RequestKind = "generation",
         source: Literal["transport", "proxy"],
         vantage: str,
         app: str | None,
@@ -181,6 +184,7 @@ class Exchange:
         self.provider = provider
         self.endpoint = endpoint
         self.secrets = secrets  # the credentials the request carried: masked by value in what is stored
+        self.kind = kind
         self.source = source
         self.vantage = vantage
         self.app = app
@@ -375,6 +379,7 @@ class Exchange:
             ttft_ms=(ttft - self._t0) * 1000.0 if ttft is not None else None,
             cost=quote.cost if quote else None,
             price_source=quote.source if quote else None,
+            kind=self.kind,
             event_id=event_id,
             **kwargs,
         )
@@ -437,6 +442,7 @@ class CapturedEvent:
                     stream=request.stream,
                     http_status=status,
                     latency_ms=(self._end - x._t0) * 1000.0,
+                    kind=x.kind,
                     event_id=event_id,
                 )
         return self._event

@@ -59,6 +59,7 @@ from monitor.capture.recorder import Exchange, RecorderStats, Sink
 from monitor.pricing import PriceCatalog
 from monitor.providers import Endpoint, Provider, match_url
 from monitor.redact import credentials, redact
+from monitor.request_kind import request_kind
 
 if TYPE_CHECKING:
     import httpx2
@@ -505,6 +506,7 @@ class Recorder:
                 request_body=_body(request),
                 stream_asked=stream_asked,
                 secrets=credentials(headers.raw, request.url.query),
+                kind=request_kind(request.url.path),
                 source="transport",
                 vantage=self.vantage,
                 app=app,

@@ -5,6 +5,7 @@ Routes (POST unless noted)::
     /api/paas/v4/chat/completions            openai dialect, Zhipu shape (also /api/coding/paas/v4/..., /v1/...)
     /compatible-mode/v1/chat/completions     openai dialect, DashScope compatible-mode shape
     /api/anthropic/v1/messages               anthropic dialect (also /v1/messages)
+    /api/anthropic/v1/messages/count_tokens  anthropic token counting (also /v1/messages/count_tokens)
     /api/v1/services/aigc/text-generation/generation
                                              DashScope native; SSE with ``X-DashScope-SSE: enable`` or
                                              ``Accept: text/event-stream``, JSON otherwise
@@ -64,12 +65,24 @@ _MODEL_LISTS = frozenset(
     {"/api/paas/v4/models", "/api/coding/paas/v4/models", "/v1/models", "/compatible-mode/v1/models"}
 )
 _QUOTA = "/api/monitor/usage/quota/limit"
+# Anthropic's token counting (Claude Code calls it before many turns); Z.ai's anthropic endpoint answers it too.
+_COUNT_TOKENS = frozenset({"/api/anthropic/v1/messages/count_tokens", "/v1/messages/count_tokens"})
 _WIRES: dict[Flavour, Wire] = {
     "zhipu": ZhipuWire(),
     "compat": CompatWire(),
     "anthropic": AnthropicWire(),
     "dashscope": DashScopeWire(),
 }
+
+
+def _count_tokens(body: bytes) -> Reply:
+    """``{"input_tokens": n}`` for a Messages request: about one token per four characters of its text."""
+    try:
+        request = json.loads(body or b"{}")
+    except ValueError:
+        return _plain(400, {"type": "error", "error": {"type": "invalid_request_error", "message": "bad JSON"}})
+    text = json.dumps(request.get("messages", [])) + json.dumps(request.get("system", ""))
+    return _plain(200, {"input_tokens": max(1, len(text) // 4)})
 
 
 class _Abort(DropConnection):
@@ -104,6 +117,8 @@ class SimApp:
                 await _send_reply(send, _plain(405, {"error": "use POST"}))
                 return
             await self._inference(route[0], route[1], headers, body, arrived, receive, send)
+        elif path in _COUNT_TOKENS and method == "POST":
+            await _send_reply(send, _count_tokens(body))
         elif path in _MODEL_LISTS and method == "GET":
             await _send_reply(send, self._model_list())
         elif path == "/healthz" and method == "GET":
