@@ -85,6 +85,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "outcome.timeout": "タイムアウト",
         "outcome.network_error": "ネットワークエラー",
         "outcome.invalid_usage": "不正な使用量",
+        "outcome.cancelled": "クライアントが中断",
         # empty / unreachable database
         "empty.title": "まだデータがありません",
         "empty.body": "このデータベースには表示できる計測結果がまだありません。",
@@ -308,6 +309,7 @@ MESSAGES: dict[str, dict[str, str]] = {
         "outcome.timeout": "Timeout",
         "outcome.network_error": "Network error",
         "outcome.invalid_usage": "Invalid usage",
+        "outcome.cancelled": "Cancelled by the client",
         "empty.title": "No data yet",
         "empty.body": "This database has no measurements to show yet.",
         "empty.how": "Try the demo (a simulated provider with history) or start probing your configured providers:",

@@ -75,6 +75,8 @@ class Outcome(enum.StrEnum):
     SERVER_ERROR = "server_error"
     TIMEOUT = "timeout"
     NETWORK_ERROR = "network_error"
+    CANCELLED = "cancelled"
+    """The client gave up before the response started: nothing was answered to anyone."""
     INVALID_USAGE = "invalid_usage"
     """The provider answered but reported a token count no response can have: recorded without a price."""
 

@@ -660,3 +660,30 @@ def test_many_concurrent_streams_are_each_recorded_once(rig: Rig) -> None:
     assert sorted(r.app or "" for r in rows).count("app-0") == 14
     assert all(r.output_tokens == PROFILE.output_tokens for r in rows)
     assert threading.active_count() < 50
+
+
+def test_a_client_that_gives_up_before_the_answer_starts_is_recorded_as_cancelled(engine: Engine) -> None:
+    """Not as a complete network_error: the upstream did nothing wrong, the client left (issue 13)."""
+    import asyncio
+
+    from tests.fixture_server import serve_asgi
+
+    async def slow(scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            return
+        await receive()
+        await asyncio.sleep(2)
+        await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/json")]})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    with serve_asgi(slow) as origin, proxy_rig(engine, origin) as rig:
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(
+                rig.url + "/zai/chat/completions",
+                json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+                timeout=httpx.Timeout(5, read=0.3),
+            )
+        (row,) = rig.rows(1)
+    assert (row.outcome, row.http_status, row.complete) == ("cancelled", None, False)
+    assert "before any answer" in row.error_message

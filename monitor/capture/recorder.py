@@ -324,7 +324,7 @@ class Exchange:
             return None
         self._done = True
         try:
-            event = CapturedEvent(self, time.perf_counter(), error)
+            event = CapturedEvent(self, time.perf_counter(), error, disconnected)
             self.sink.submit(event)
             self.stats.count_recorded()
             return event
@@ -332,7 +332,9 @@ class Exchange:
             self.stats.failed("finish", exc)
             return None
 
-    def build_event(self, end: float, error: BaseException | None, event_id: str) -> UsageEvent:
+    def build_event(
+        self, end: float, error: BaseException | None, event_id: str, disconnected: bool = False
+    ) -> UsageEvent:
         """The ``UsageEvent`` of this exchange: parse, classify, price, assemble (once, off the request path)."""
         # The error body first: parsing the held chunks consumes them.
         body = self._kept_body() if self._status is not None else b""
@@ -341,6 +343,9 @@ class Exchange:
         if error is not None and not (usage is not None and usage.complete):
             # Failed before the head, or mid-stream: the transport error is the outcome (status kept if seen).
             verdict = classify_exception(error)
+        elif self._status is None and disconnected:
+            verdict = Classification(Outcome.CANCELLED, message="the client closed the connection before any answer")
+            usage = Usage(complete=False)
         elif self._status is None:
             verdict = Classification(Outcome.NETWORK_ERROR, message="no response")
         else:
@@ -398,13 +403,14 @@ class CapturedEvent:
     what is known for certain, and the failure is counted: a captured request is never lost to our own error.
     """
 
-    __slots__ = ("_end", "_error", "_event", "_event_id", "_exchange")
+    __slots__ = ("_disconnected", "_end", "_error", "_event", "_event_id", "_exchange")
     table = "usage_events"
 
-    def __init__(self, exchange: Exchange, end: float, error: BaseException | None) -> None:
+    def __init__(self, exchange: Exchange, end: float, error: BaseException | None, disconnected: bool = False) -> None:
         self._exchange = exchange
         self._end = end
         self._error = error
+        self._disconnected = disconnected
         self._event: UsageEvent | None = None
         self._event_id: str | None = None
 
@@ -426,7 +432,7 @@ class CapturedEvent:
             x = self._exchange
             event_id = self.event_id
             try:
-                self._event = x.build_event(self._end, self._error, event_id)
+                self._event = x.build_event(self._end, self._error, event_id, self._disconnected)
             except Exception as exc:
                 x.stats.failed("build_event", exc)
                 status = x._status
