@@ -596,14 +596,19 @@ class EventWriter:
             put = self._queue.put
             try:
                 journal.append(table, row, lambda position: put((table, row, position)))
-                return
             except (OSError, RuntimeError) as exc:
                 self._journal_failed(exc)
+            else:
+                if self._journal_problem is not None:  # the first append after a failure: say it is over
+                    self._journal_problem = None
+                    log.warning("journal %s can be written again", journal.directory)
+                return
         self._hold(table, row)
 
     def _hold(self, table: str, row: dict[str, Any]) -> None:
-        """Queue a row that only memory holds, unless ``max_queue`` rows already wait."""
-        if self._queue.qsize() >= self.max_queue:
+        """Queue a row that only memory holds; when a journal should have taken it (it failed), at most
+        ``max_queue`` wait. A writer made without a journal (tests, one-off probes) queues without a bound."""
+        if self.journal is not None and self._queue.qsize() >= self.max_queue:
             with self._counts_lock:
                 self.lost += 1
                 lost = self.lost
@@ -638,16 +643,14 @@ class EventWriter:
         journal = self.journal
         if journal is None:
             return
+        self._next_journal_try = time.monotonic() + _JOURNAL_RETRY_S
         try:
             if not journal.is_open:
                 journal.open()
         except OSError as exc:
             self._journal_failed(exc)
             return
-        if self._journal_problem is not None:
-            log.warning("journal %s can be written again", journal.directory)
-            self._journal_problem = None
-        self._journal_ok = True
+        self._journal_ok = True  # the next append tells whether the disk takes it again
 
     def _alarm(self, key: str, message: str, *args: object) -> None:
         """Log ``message`` now if ``key`` was not logged in the last ``_ALARM_EVERY_S`` (one line, no traceback)."""
@@ -911,6 +914,8 @@ class EventWriter:
 
     def _store_job(self, job: _Job) -> None:
         """Store ``job`` in one transaction; while the database is away its journaled rows wait in the journal."""
+        if self.journal is not None and not self._journal_ok and time.monotonic() >= self._next_journal_try:
+            self._try_journal()  # a busy writer is never idle: try the journal again here too
         if self._behind and not self._catch_up():
             self._defer(job)
             return
