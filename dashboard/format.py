@@ -84,12 +84,13 @@ def seconds(value: float | None) -> str:
     return f"{number(value, 1 if value < 10 else 0)} s"
 
 
-def when(at: datetime | None, zone: ZoneInfo) -> str:
-    """``2026-11-22 21:10 JST`` in ``zone``."""
+def when(at: datetime | None, zone: ZoneInfo, *, seconds: bool = False) -> str:
+    """``2026-11-22 21:10 JST`` in ``zone`` (``21:10:05`` with ``seconds``, where several rows share a minute)."""
     if at is None or _missing(at):
         return MISSING
     local = at.astimezone(zone)
-    return f"{local:%Y-%m-%d %H:%M} {local.tzname() or zone.key}"
+    shown = local.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
+    return f"{shown} {local.tzname() or zone.key}"
 
 
 def day(at: datetime, zone: ZoneInfo) -> str:

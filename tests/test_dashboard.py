@@ -698,3 +698,18 @@ def test_settings_reach_the_app_intact(tmp_path):
     assert settings_from_environ({}) is None
     with pytest.raises(ConfigError, match=SETTINGS_ENV):
         settings_from_environ({SETTINGS_ENV: "{not json"})
+
+
+def test_the_profile_caption_names_the_days_actually_drawn(seeded, monkeypatch, loopback):
+    use(monkeypatch, seeded.settings)
+    at = open_app("en", "latency")
+    captions = [c.value for c in at.caption]
+    assert any("The last 7 days of the range" in c for c in captions), captions  # the default 7-day range
+    assert not any("The last 28 days" in c for c in captions)
+
+
+def test_probe_times_have_seconds(seeded, monkeypatch, loopback):
+    use(monkeypatch, seeded.settings)
+    at = open_app("en", "probes")
+    times = at.dataframe[0].value["Time"]
+    assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} \S+", t) for t in times[:20])

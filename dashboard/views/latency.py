@@ -3,6 +3,7 @@ same model across providers."""
 
 from __future__ import annotations
 
+from datetime import timedelta
 from zoneinfo import ZoneInfo
 
 import altair as alt
@@ -113,7 +114,8 @@ else:
         .properties(height=260)
     )
     st.altair_chart(heat, width="stretch")
-    st.caption(t("latency.profile_caption", days=analytics.PROFILE_SPAN.days))
+    shown = v.filters.tail(analytics.PROFILE_SPAN)  # a shorter range is drawn whole: say how much that is
+    st.caption(t("latency.profile_caption", days=f"{round((shown.end - shown.start) / timedelta(days=1), 1):g}"))
 
 # --- peak slowdown
 st.subheader(t("latency.peak"))

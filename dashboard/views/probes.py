@@ -34,7 +34,7 @@ else:
     st.caption(t("probes.count", n=fmt.number(len(rows)), limit=fmt.number(data.PROBE_LIMIT)))
     table = pd.DataFrame(
         {
-            t("probes.time"): [fmt.when(ts.to_pydatetime(), v.zone) for ts in rows["ts"]],
+            t("probes.time"): [fmt.when(ts.to_pydatetime(), v.zone, seconds=True) for ts in rows["ts"]],
             t("dim.provider"): rows["provider"],
             t("dim.model"): rows["model"],
             t("dim.vantage"): rows["vantage"],
