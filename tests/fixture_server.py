@@ -3,8 +3,9 @@
 The request header ``X-Fixture: NAME`` picks ``tests/fixtures/NAME.http``; the answer has its status, headers and
 body verbatim, the body sent in small pieces (``X-Fixture-Chunk`` bytes, default 16, ``X-Fixture-Gap-Ms``
 apart, default 1) so a proxy sees it cut everywhere. ``X-Fixture-Gzip: 1`` gzips the body when the request
-accepts gzip. Like OpenAI and DashScope, it sends the usage-only stream event (``choices: []`` with usage) only
-when the request asked for it with ``stream_options.include_usage``. Every request is kept in ``requests``.
+accepts gzip, ``force`` always (an upstream that ignores ``Accept-Encoding: identity``). Like OpenAI and
+DashScope, it sends the usage-only stream event (``choices: []`` with usage) only when the request asked for it
+with ``stream_options.include_usage``. Every request is kept in ``requests``.
 """
 
 from __future__ import annotations
@@ -113,7 +114,9 @@ class FixtureApp:
         fixture = load_http(name)
         out = fixture_body(name, body)
         head = [(k.encode(), v.encode()) for k, v in fixture.headers.items() if k not in ("content-length",)]
-        if seen.header("x-fixture-gzip") == "1" and "gzip" in (seen.header("accept-encoding") or ""):
+        gzip_mode = seen.header("x-fixture-gzip")
+        # "1": when the request accepts gzip; "force": always, as an upstream ignoring Accept-Encoding would
+        if gzip_mode == "force" or (gzip_mode == "1" and "gzip" in (seen.header("accept-encoding") or "")):
             out = gzip.compress(out, mtime=0)  # no timestamp: the same body compresses to the same bytes
             head.append((b"content-encoding", b"gzip"))
         size = int(seen.header("x-fixture-chunk") or 16)

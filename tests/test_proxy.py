@@ -687,3 +687,35 @@ def test_a_client_that_gives_up_before_the_answer_starts_is_recorded_as_cancelle
         (row,) = rig.rows(1)
     assert (row.outcome, row.http_status, row.complete) == ("cancelled", None, False)
     assert "before any answer" in row.error_message
+
+
+def test_an_upstream_that_compresses_anyway_never_passes_the_usage_chunk_the_client_did_not_ask_for(
+    engine: Engine,
+) -> None:
+    """The proxy asks for usage with Accept-Encoding: identity; an upstream that gzips all the same used to make the
+    proxy give up filtering, and the added `choices: []` chunk reached clients that index choices[0] (issue 13)."""
+    import gzip
+
+    import openai
+
+    case = next(c for c in STREAM_CASES if c.name == "dashscope_compat_stream_include_usage_cached")
+    with run_fixture_server() as upstream, proxy_rig(engine, upstream.url) as rig:
+        path, body, _ = _request(case.dialect, case.request_model, include_usage=False)
+        headers = {"Authorization": f"Bearer {API_KEY}", "X-Fixture": case.name, "X-Fixture-Gzip": "force"}
+        status, _, raw = _fetch(f"{rig.url}/{_route(case.dialect, case.provider)}{path}", body, headers)
+        client = openai.OpenAI(
+            base_url=f"{rig.url}/{_route(case.dialect, case.provider)}",
+            api_key=API_KEY,
+            max_retries=0,
+            default_headers={"X-Fixture": case.name, "X-Fixture-Gzip": "force"},
+        )
+        chunks = list(client.chat.completions.create(model=case.request_model, messages=MESSAGES, stream=True))
+        rows = rig.rows(2)
+    full = load_http(case.name).body
+    assert upstream.app.requests[0].header("accept-encoding") == "identity"  # asked for, and ignored
+    assert status == 200
+    assert raw == without_usage_event(full)  # decoded for the client: what it gets from an upstream asked plainly
+    assert raw != gzip.compress(full, mtime=0)
+    assert all(c.choices for c in chunks)  # every chunk has a choice: chunk.choices[0] is safe
+    for row in rows:
+        assert (row.input_tokens, row.output_tokens) == (case.expect["input_tokens"], case.expect["output_tokens"])

@@ -500,14 +500,27 @@ class ProxyApp:
         raw = list(response.raw_headers)
         encoding = response.headers.get("content-encoding", "").strip().lower()
         sse = response.headers.get("content-type", "").lower().startswith("text/event-stream")
-        if usage_filter is not None and not (200 <= status < 300 and sse and encoding in ("", "identity")):
-            usage_filter = None  # an error, or an upstream that ignored identity: nothing to remove
+        if usage_filter is not None and not (200 <= status < 300 and sse):
+            usage_filter = None  # an error: nothing was added to remove
         decode: Callable[[bytes], bytes] | None = None
         readable = False
+        if exchange is not None or usage_filter is not None:
+            readable, decode = body_decoder(encoding.encode("latin-1"))
+        # An upstream that compressed the stream although asked for identity: the usage chunk we asked for must
+        # still never reach a client that did not ask for it (code doing chunk.choices[0] would crash), so the
+        # client gets the stream decoded (identity is an encoding every client accepts).
+        decoded_for_client = usage_filter is not None and decode is not None
+        if usage_filter is not None and decode is not None and not readable:
+            usage_filter = None  # an encoding this install cannot decode: relayed as it is (logged below)
+            decoded_for_client = False
+            log.warning(
+                "upstream answered in %s, which cannot be decoded here: an added usage chunk may pass", encoding
+            )
         if exchange is not None:
             exchange.response_started(status, _header_text(raw))
-            readable, decode = body_decoder(encoding.encode("latin-1"))
         head = response_headers(raw, keep_length=usage_filter is None)
+        if decoded_for_client:
+            head = [(name, value) for name, value in head if name != b"content-encoding"]
         # A client that was told the body's length sees the response complete with its last byte, before the
         # end of the body is signalled: the exchange is recorded before that byte goes out.
         left = response.content_length if usage_filter is None and exchange is not None else None
@@ -516,16 +529,21 @@ class ProxyApp:
         await send({"type": "http.response.start", "status": status, "headers": head})
         try:
             async for chunk in response.content.iter_any():
-                data = usage_filter.feed(chunk) if usage_filter is not None else chunk
-                if exchange is not None and readable:
-                    if decode is None:
-                        exchange.feed(chunk)
-                    else:
-                        try:
-                            exchange.feed(decode(chunk))
-                        except Exception as exc:  # a body that will not decode: relay it, stop reading it
-                            self.stats.failed("decode", exc)
-                            readable = False
+                plain: bytes | None = chunk if decode is None else None
+                if decode is not None and (readable or decoded_for_client):
+                    try:
+                        plain = decode(chunk)
+                    except Exception as exc:  # a body that will not decode: relay it, stop reading it
+                        self.stats.failed("decode", exc)
+                        readable = False
+                        if decoded_for_client:
+                            raise _UpstreamBroke("undecodable body") from None
+                if usage_filter is not None:
+                    data = usage_filter.feed(plain if decoded_for_client and plain is not None else chunk)
+                else:
+                    data = chunk
+                if exchange is not None and readable and plain is not None:
+                    exchange.feed(plain)
                 if left is not None:
                     left -= len(chunk)
                     if left <= 0 and exchange is not None:
