@@ -47,7 +47,9 @@ class SeenRequest:
 
 
 def without_usage_event(body: bytes) -> bytes:
-    """``body`` (an SSE stream with LF line ends) without its usage-only events."""
+    """``body`` (an SSE stream with LF line ends) as an upstream sends it when usage was not asked for: without
+    its usage-only events, and without the ``"usage":null`` that asking adds to every other chunk (OpenAI
+    documents it; DashScope's compatible mode does it)."""
     events = body.split(b"\n\n")
     kept = []
     for event in events:
@@ -58,7 +60,7 @@ def without_usage_event(body: bytes) -> bytes:
             obj = None
         if isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict):
             continue
-        kept.append(event)
+        kept.append(event.replace(b',"usage":null', b"").replace(b'"usage":null,', b""))
     return b"\n\n".join(kept)
 
 

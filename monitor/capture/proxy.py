@@ -146,8 +146,14 @@ def _usage_only(line: bytes) -> bool:
     return isinstance(obj, dict) and obj.get("choices") == [] and isinstance(obj.get("usage"), dict)
 
 
+# What include_usage adds to every other chunk ({"usage":null}; OpenAI documents it, DashScope does it too),
+# as compact JSON writes it. Inside a JSON string a quote is escaped, so content can never look like this.
+_NULL_USAGE = re.compile(rb',"usage":null(?=[,}])|"usage":null,')
+
+
 class UsageChunkFilter:
-    """Removes the usage-only events from an OpenAI-dialect SSE stream, passing every other byte verbatim.
+    """Removes what asking for usage added to an OpenAI-dialect SSE stream: the usage-only events, and the
+    ``"usage":null`` member of every other chunk; every other byte passes verbatim.
 
     ``feed`` takes the upstream's chunks (cut anywhere) and returns the bytes to send now; ``finish`` returns
     what is still held at the end of the stream. An event is held only until its first ``data:`` line is
@@ -178,7 +184,7 @@ class UsageChunkFilter:
             and _EMPTY_CHOICES.search(chunk) is None
         ):
             # The usual chunk: whole events, none of them a usage-only one; nothing to look at line by line.
-            return chunk
+            return _NULL_USAGE.sub(b"", chunk) if b'"usage":null' in chunk else chunk
         out = bytearray()
         pos = 0
         if self._cr_dest is not None and chunk:
@@ -261,6 +267,10 @@ class UsageChunkFilter:
                 self._held.clear()
                 self._mode = _DROP
             else:
+                if b'"usage":null' in self._held:  # the event's first data line is held whole here
+                    before = len(self._held)
+                    self._held[:] = _NULL_USAGE.sub(b"", bytes(self._held))
+                    self.withheld += before - len(self._held)
                 self._pass(out)
         return self._mode
 
