@@ -1,11 +1,7 @@
-"""An append-only spool file for rows the database could not take: written with fsync, replayed in order.
+"""The line format events take on disk (JSON, exact datetimes and Decimals), the replay of such lines in
+batches, and the spool file of versions before the journal (``Spool``: replayed once at start when one is left).
 
-When the database is unreachable, locked or read-only, the writer appends each batch here (one line per row,
-JSON, one ``fsync`` per batch) and replays the file, oldest first, once the database answers again; a spool
-left behind by a crash is replayed at the next start. Replaying is idempotent (every row has an ``event_id``
-and the insert skips ids already stored), so a batch that reached both the database and the spool is stored
-once. Several processes (daemon, proxy) may share one spool: appends and replays hold an exclusive ``flock``.
-A replay records how far it got in ``<spool>.offset`` so a retry does not start over.
+``monitor.journal`` writes and replays the same lines; replays are idempotent (every row has its ``event_id``).
 """
 
 from __future__ import annotations
