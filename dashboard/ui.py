@@ -282,6 +282,12 @@ def outcome(name: str) -> str:
     return t(key) if has(key) else name
 
 
+def source(name: str) -> str:
+    """Where a measurement came from (probe, proxy, transport) for the reader; the raw name if unknown."""
+    key = f"source.{name}"
+    return t(key) if has(key) else name
+
+
 def target(provider: str, model: str, vantage: str | None = None) -> str:
     """``zai / glm-4.7`` (``@ vantage`` when given)."""
     base = f"{provider} / {model}" if model else provider

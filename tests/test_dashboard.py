@@ -587,6 +587,7 @@ def test_keys_built_at_run_time_exist_for_every_value():
         "metric": list(analytics.METRICS),
         "kind": ["free_tier", "coding_plan", "prepaid", "monthly_budget"],
         "page": list(PAGES),
+        "source": ["probe", "proxy", "transport"],
     }
     missing = [f"{family}.{v}" for family, values in families.items() for v in values if not i18n.has(f"{family}.{v}")]
     missing += [k for k in ("quota.source_official", "quota.source_estimate") if not i18n.has(k)]
@@ -713,3 +714,13 @@ def test_probe_times_have_seconds(seeded, monkeypatch, loopback):
     at = open_app("en", "probes")
     times = at.dataframe[0].value["Time"]
     assert all(re.fullmatch(r"\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2} \S+", t) for t in times[:20])
+
+
+def test_sources_are_named_in_the_readers_language(seeded, monkeypatch, loopback):
+    use(monkeypatch, seeded.settings)
+    at = open_app("ja", "throttling")
+    tables = [d.value for d in at.dataframe if i18n.t("throttling.source", "ja") in d.value.columns]
+    assert tables, "the breakdown table has a source column"
+    shown = set(tables[0][i18n.t("throttling.source", "ja")])
+    assert shown and shown <= {i18n.t(f"source.{s}", "ja") for s in ("probe", "proxy", "transport")}, shown
+    assert not shown & {"probe", "proxy", "transport"}

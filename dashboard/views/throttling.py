@@ -27,7 +27,7 @@ TRAFFIC = ("probe", "real")
 probe_total = data.throttle(v.url, v.filters, "probe", None, (), v.zone_name)
 real_total = data.throttle(v.url, v.filters, "real", None, (), v.zone_name)
 cells = [(t("throttling.rate_probe"), probe_total.iloc[0] if not probe_total.empty else None)]
-cells += [(t("throttling.rate_real", source=row.source), row) for row in real_total.itertuples(index=False)]
+cells += [(t("throttling.rate_real", source=ui.source(row.source)), row) for row in real_total.itertuples(index=False)]
 columns = st.columns(max(len(cells) + 1, 3))
 for column, (label, row) in zip(columns, cells, strict=False):
     if row is None:
@@ -52,7 +52,7 @@ def section(traffic: str) -> None:
     targets = [ui.target(p, m) for p, m in zip(rates["provider"], rates["model"], strict=True)]
     series = targets
     if traffic == "real":
-        series = [f"{s} ({src})" for s, src in zip(targets, rates["source"], strict=True)]
+        series = [f"{s} ({ui.source(src)})" for s, src in zip(targets, rates["source"], strict=True)]
     chart = pd.DataFrame(
         {
             "when": ui.local_times(rates["period"], v.zone),
@@ -119,7 +119,7 @@ def section(traffic: str) -> None:
         {
             t("compare.provider"): parts["provider"],
             t("compare.model"): parts["model"],
-            t("throttling.source"): parts["source"],
+            t("throttling.source"): parts["source"].map(ui.source),
             t("throttling.outcome"): parts["outcome"].map(ui.outcome),
             t("throttling.code"): parts["error_code"].replace("", fmt.MISSING),
             t("throttling.requests"): parts["requests"].map(fmt.number),
