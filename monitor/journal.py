@@ -138,11 +138,6 @@ class Journal:
         return self._segment is not None
 
     @property
-    def position(self) -> int:
-        """The journal position past the last line appended."""
-        return self._position
-
-    @property
     def segment_path(self) -> Path | None:
         """This process's current segment file (None while closed)."""
         segment = self._segment
@@ -311,27 +306,6 @@ class Journal:
             )
         self.skipped_lines += skipped
         return replayed
-
-    def pending_orphans(self) -> int:
-        """How many segments in the directory belong to no live process (left for a replay)."""
-        if not self.directory.is_dir():
-            return 0
-        own = self.segment_path
-        count = 0
-        for path in self.directory.glob(f"{self.name}-*{SUFFIX}"):
-            if path == own:
-                continue
-            try:
-                with open(path, "rb") as f:
-                    try:
-                        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    except BlockingIOError:
-                        continue
-                    if path.stat().st_size > _read_done(path):
-                        count += 1
-            except FileNotFoundError:
-                continue
-        return count
 
 
 def _write_done(segment: Path, offset: int) -> None:
