@@ -426,3 +426,46 @@ def test_an_unwritable_journal_is_one_line_of_alarm_and_memory_stays_bounded(sql
     ]
     assert len(alarms) == 1 and str(blocker) in alarms[0]
     assert all(r.exc_info is None for r in caplog.records)
+
+
+def test_a_read_only_postgres_database_waits_in_the_journal_and_is_written_once_writable(pg_database, tmp_path):
+    """default_transaction_read_only on the database (a failover to a standby looks like this): every write is
+    refused; events wait in the journal and are stored once it takes writes again."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    from monitor.store import make_engine, upgrade
+
+    upgrade(pg_database)
+    name = make_url(pg_database).database
+    admin = create_engine(make_url(pg_database).set(database="postgres"), isolation_level="AUTOCOMMIT")
+    engine = make_engine(pg_database, pool_pre_ping=True)
+    events = [_usage_event(i) for i in range(150)]
+
+    def read_only(on: bool) -> None:
+        with admin.connect() as conn:
+            conn.execute(text(f'ALTER DATABASE "{name}" SET default_transaction_read_only = {"on" if on else "off"}'))
+        engine.dispose()  # new connections take the setting
+
+    try:
+        with EventWriter(
+            engine,
+            batch_size=50,
+            flush_interval_s=0.05,
+            retry_backoff_s=(0.05, 0.3),
+            journal=Journal(tmp_path / "j").open(),
+        ) as w:
+            for ev in events[:50]:
+                w.submit(ev)
+            assert w.flush(timeout=30)
+            read_only(True)
+            for ev in events[50:]:
+                w.submit(ev)
+            assert w.flush(timeout=30)
+            assert w.deferred >= 100 and _count(engine) == 50
+            read_only(False)
+            assert _wait_for(lambda: _count(engine) == 150, timeout=30)
+    finally:
+        read_only(False)
+        engine.dispose()
+        admin.dispose()
