@@ -26,6 +26,7 @@ from monitor.store import make_engine, upgrade
 
 import_dashboard()
 from monitor.dashboard import format as fmt  # noqa: E402
+from monitor.dashboard import i18n  # noqa: E402
 
 # In CI (.ci/run installs chromium and playwright) a missing browser is a failure, not a skip.
 if os.environ.get("CI") == "true":
@@ -258,3 +259,20 @@ def test_language_switch_and_page_change_keep_the_selection(server, page):
     page.locator('[data-testid="stSidebarNav"]').get_by_text("レイテンシ").click()
     page.get_by_role("heading", name="レイテンシ").wait_for(timeout=TIMEOUT_MS)
     assert page.locator(".st-key-lang input[type=radio]").nth(0).is_checked()
+
+
+@pytest.mark.parametrize("lang", ["en", "ja"])
+@pytest.mark.parametrize("name", list(CONTENT))
+def test_no_chart_text_is_cut_off(server, page, name, lang):
+    """Vega shortens a legend label, axis label or title that passes its limit with an ellipsis: none may be, in
+    either language."""
+    visit(page, server, name)
+    if lang == "ja":
+        page.locator(".st-key-lang").get_by_text("日本語").click()
+        page.get_by_role("heading", name=i18n.t(f"{name}.title", "ja")).wait_for(timeout=TIMEOUT_MS)
+        for selector in CONTENT[name]:
+            page.locator(selector).first.wait_for(timeout=TIMEOUT_MS)
+    page.wait_for_timeout(800)  # charts draw after the script's last element arrives
+    texts = page.locator('[data-testid="stVegaLiteChart"] svg text').all_text_contents()
+    cut = [t for t in texts if t.endswith("…")]
+    assert cut == [], cut
