@@ -510,6 +510,7 @@ class EventWriter:
         prepare: Callable[[], None] | None = None,
         legacy_spool: Spool | None = None,
         stop_grace_s: float = _STOP_GRACE_S,
+        orphan_check_s: float = _ORPHAN_CHECK_S,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -529,6 +530,7 @@ class EventWriter:
         self._stopping = threading.Event()
         self._stop_deadline = 0.0
         self._stop_grace_s = stop_grace_s
+        self._orphan_check_s = orphan_check_s
         self._plans: dict[str, _InsertPlan] = {}
         self._counts_lock = threading.Lock()
         self.written = 0
@@ -888,7 +890,7 @@ class EventWriter:
         journal = self.journal
         if journal is None or (not force and time.monotonic() < self._next_orphan_check):
             return
-        self._next_orphan_check = time.monotonic() + _ORPHAN_CHECK_S
+        self._next_orphan_check = time.monotonic() + self._orphan_check_s
         write = partial(self._replay_rows, lock_wait_ms=None if force else _CATCH_UP_LOCK_WAIT_MS)
         try:
             n = journal.adopt_orphans(write, batch_size=self.batch_size)
@@ -916,6 +918,7 @@ class EventWriter:
         """Store ``job`` in one transaction; while the database is away its journaled rows wait in the journal."""
         if self.journal is not None and not self._journal_ok and time.monotonic() >= self._next_journal_try:
             self._try_journal()  # a busy writer is never idle: try the journal again here too
+        self._adopt_orphans()  # likewise for files a dead process left (at most every orphan_check_s)
         if self._behind and not self._catch_up():
             self._defer(job)
             return

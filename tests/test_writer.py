@@ -469,3 +469,23 @@ def test_a_read_only_postgres_database_waits_in_the_journal_and_is_written_once_
         read_only(False)
         engine.dispose()
         admin.dispose()
+
+
+def test_a_running_writer_adopts_what_a_killed_process_left_within_its_check_interval(engine, tmp_path):
+    directory = tmp_path / "journal"
+    with EventWriter(
+        engine,
+        flush_interval_s=0.05,
+        retry_backoff_s=(0.05, 0.2),
+        journal=Journal(directory).open(),
+        orphan_check_s=0.5,
+    ) as w:
+        w.submit(_usage_event(0))
+        assert w.flush(timeout=30)
+        died = subprocess.run([sys.executable, "-c", _DIE_AFTER_APPENDING, str(directory), "20"], check=False)
+        assert died.returncode == -9
+        for i in range(1, 6):  # busy or idle, the writer looks
+            w.submit(_usage_event(i))
+            time.sleep(0.2)
+        assert _wait_for(lambda: _count(engine) == 26, timeout=30)
+    assert list(directory.glob("*.jnl")) == []
