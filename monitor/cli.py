@@ -658,7 +658,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=cmd_dashboard)
 
     p = sub.add_parser("proxy", help="recording reverse proxy: point SDKs, Claude Code or curl at it", parents=[db_url])
-    p.add_argument("--host", help="listen address (default: proxy.host, 127.0.0.1)")
+    p.add_argument(
+        "--host",
+        help="listen address (default: proxy.host, 127.0.0.1; any other needs $GLM_MONITOR_PROXY_TOKEN, "
+        "sent by clients as X-Monitor-Token)",
+    )
     p.add_argument("--port", type=int, help="listen port (default: proxy.port, 8787)")
     p.set_defaults(handler=cmd_proxy)
 

@@ -489,3 +489,16 @@ def test_a_running_writer_adopts_what_a_killed_process_left_within_its_check_int
             time.sleep(0.2)
         assert _wait_for(lambda: _count(engine) == 26, timeout=30)
     assert list(directory.glob("*.jnl")) == []
+
+
+def test_a_spool_file_an_earlier_version_left_is_written_at_start(engine, tmp_path):
+    """Upgrading from the spool to the journal loses nothing a stopped older version had spooled."""
+    from monitor.spool import Spool
+
+    spool = Spool(tmp_path / "old.spool")
+    left = [_usage_event(i) for i in range(30)]
+    spool.append("usage_events", [e.to_row() for e in left])
+    with EventWriter(engine, journal=Journal(tmp_path / "journal").open(), legacy_spool=spool) as w:
+        assert _wait_for(lambda: _count(engine) == 30)
+        assert w.replayed == 30
+    assert spool.pending_bytes() == 0
